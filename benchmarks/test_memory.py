@@ -1,0 +1,14 @@
+"""Model footprint and peak memory while generating; memory does not depend on the decoding, so greedy only."""
+
+import pytest
+
+
+@pytest.mark.quantbench(decodings=["greedy"])
+def test_memory(quantbench):
+    metrics = quantbench.measure(max_new_tokens=8)
+    model = quantbench.model.model
+    full_precision_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    # A quantized or half-precision model that is not smaller than its fp32 size was not quantized.
+    if quantbench.case.precision.name != "fp32":
+        assert metrics["peak_mem_mb"] > 0
+        assert quantbench.record.metrics["footprint_mb"] < full_precision_mb

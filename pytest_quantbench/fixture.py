@@ -1,0 +1,97 @@
+"""The `quantbench` fixture: one matrix cell (model, precision, decoding) that a test measures and evaluates."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import thresholds as threshold_checks
+from .models import ModelHandle
+from .results import Record
+from .session import Case, QuantbenchSession
+from .settings import Thresholds
+
+DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
+
+
+class QuantBenchmark:
+    """Handed to a benchmark test: `measure()` for speed and memory, `evaluate(task)` for accuracy.
+
+    What they return also lands in the session report; thresholds (ini, options or the test's marker) are checked
+    after the test body and fail the test with the numbers.
+    """
+
+    def __init__(self, session: QuantbenchSession, case: Case, nodeid: str, thresholds: Thresholds, baseline: str):
+        self.session = session
+        self.case = case
+        self.settings = session.settings
+        self.thresholds = thresholds
+        self.baseline_precision = baseline
+        self.record = Record(test=nodeid, model=case.model.name, precision=case.precision.name,
+                             decoding=case.decoding.name, device=self.settings.device, worker=session.worker)
+        self.baseline_accuracy_pct: dict[str, float] = {}
+        self._handle: ModelHandle | None = None
+
+    @property
+    def model(self) -> ModelHandle:
+        """The loaded model (loaded once per (model, precision) for the whole session)."""
+        if self._handle is None:
+            self._handle = self.session.cache.get(self.case.model, self.case.precision)
+            self.record.metrics.setdefault("load_s", self._handle.load_s)
+            self.record.metrics.setdefault("footprint_mb", self._handle.footprint_mb)
+            self.record.model_info = {"source": self._handle.source, "family": self._handle.family,
+                                      "precision_params": self.case.precision.params(self.settings.device)}
+        return self._handle
+
+    def release(self) -> None:
+        self._handle = None
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None) -> list[str]:
+        """Responses to one prompt under this case's decoding (chat template applied)."""
+        return self.model.generate([prompt], self.case.decoding, max_new_tokens or self.settings.max_new_tokens)[0]
+
+    def measure(self, prompt: str = DEFAULT_PROMPT, max_new_tokens: int | None = None) -> dict:
+        """Latency (TTFT, end-to-end, decode ms/token), tokens/s and memory for one prompt; returns the metrics."""
+        import torch
+
+        from .measure import measure_generation
+
+        handle = self.model
+        torch.manual_seed(0)
+        metrics = measure_generation(handle, handle.format_prompt(prompt), self.case.decoding,
+                                     max_new_tokens or self.settings.max_new_tokens, self.settings.warmup,
+                                     self.settings.repeats)
+        self.record.metrics.update(metrics)
+        return metrics
+
+    def evaluate(self, task_name: str, limit: int | None = None) -> float:
+        """Accuracy (percent) on a registered task; with an accuracy-drop threshold, the baseline's too."""
+        from .precisions import parse_precision
+        from .tasks import get_task
+
+        task = get_task(task_name)
+        limit = limit if limit is not None else self.settings.limit
+        tokens = min(self.settings.max_new_tokens, getattr(task, "max_new_tokens", self.settings.max_new_tokens))
+        result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
+                                          tokens, handle=self.model)
+        self.record.accuracy_pct[task.name] = result.accuracy * 100
+        self.record.task_details[task.name] = {"n": result.n, "metrics": result.metrics,
+                                               "by_category_pct": {k: v * 100 for k, v in result.by_category.items()},
+                                               "examples": result.examples}
+        if self.thresholds.max_accuracy_drop is not None and self.case.precision.name != self.baseline_precision:
+            self._handle = None  # let the cache free this model if the baseline must be loaded
+            baseline = self.session.task_result(self.case.model, parse_precision(self.baseline_precision), task,
+                                                self.case.decoding, limit, tokens)
+            self.baseline_accuracy_pct[task.name] = baseline.accuracy * 100
+        return result.accuracy * 100
+
+    def enforce_thresholds(self) -> None:
+        """Check every applicable threshold; fail the test listing each one crossed."""
+        checks = threshold_checks.evaluate(
+            self.thresholds, self.record.metrics, self.case.precision.name,
+            {t: v / 100 for t, v in self.record.accuracy_pct.items()}, self.baseline_precision,
+            {t: v / 100 for t, v in self.baseline_accuracy_pct.items()},
+        )
+        self.record.checks = [c.as_dict() for c in checks]
+        failed = [c.message for c in checks if not c.passed]
+        if failed:
+            pytest.fail("threshold failed: " + "; ".join(failed), pytrace=False)

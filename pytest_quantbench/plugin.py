@@ -1,0 +1,202 @@
+"""pytest hooks: options, parametrization, ordering, the fixture, record relay (also under xdist), the report.
+
+No torch or transformers import at module level: `pytest --help` and plain test runs stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+
+from .results import Record, append_journal
+from .session import Case, QuantbenchSession
+from .settings import add_options, check_names
+
+SESSION = pytest.StashKey[QuantbenchSession]()
+BENCH = pytest.StashKey[object]()  # the test's QuantBenchmark, read by the call and report hooks
+CASE_ARG = "qb_case"
+MARKER = "quantbench"
+NARROWING = ("models", "precisions", "decodings")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("quantbench", "quantbench: LLM quantization benchmarks")
+    add_options(group.addoption, parser.addini)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(models=None, precisions=None, decodings=None, baseline=None, max_accuracy_drop=None, "
+        "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None): "
+        "narrow this test's model x precision x decoding matrix and set its thresholds",
+    )
+    try:
+        check_names(config)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[SESSION] = QuantbenchSession(config)
+    config.pluginmanager.register(SessionHooks(config), "quantbench-session")
+    # One model load per (model, precision) under xdist: keep each group on one worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config):
+    get = lambda key: config.getoption(key) or config.getini(key)
+    models = get("qb_model")
+    return (f"quantbench: device {get('qb_device')}, models {models if isinstance(models, str) else ','.join(models)}, "
+            f"torch {_version('torch')}, transformers {_version('transformers')}, "
+            f"bitsandbytes {_version('bitsandbytes')}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
+
+
+def _marker_kwargs(definition) -> dict:
+    kwargs: dict = {}
+    for mark in reversed(list(definition.iter_markers(MARKER))):  # closest marker wins
+        kwargs.update(mark.kwargs)
+    return kwargs
+
+
+def pytest_generate_tests(metafunc):
+    if CASE_ARG not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash[SESSION]
+    kwargs = _marker_kwargs(metafunc.definition)
+    try:
+        cases = session.cases(**{k: kwargs.get(k) for k in NARROWING})
+    except ValueError as error:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {error}") from None
+    metafunc.parametrize(CASE_ARG, cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run all tests of one (model, precision) together, the baseline precision first, so each loads once."""
+    state = config.stash[SESSION]
+    cases = [(item, item.callspec.params.get(CASE_ARG) if hasattr(item, "callspec") else None) for item in items]
+    if not any(case for _, case in cases):
+        return
+    settings = state.settings
+    models = [c.model.name for _, c in cases if c]
+    precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
+
+    def key(pair):
+        _item, case = pair
+        if case is None:
+            return (0, 0, 0)
+        return (1, models.index(case.model.name), precisions.index(case.precision.name))
+
+    items[:] = [item for item, _ in sorted(cases, key=key)]
+    for item, case in cases:
+        if case is not None:
+            item.add_marker(pytest.mark.xdist_group(f"{case.model.name}-{case.precision.name}"))
+
+
+@pytest.fixture
+def quantbench(request, qb_case: Case):
+    """One cell of the model x precision x decoding matrix: `.model`, `.measure()`, `.evaluate(task)`."""
+    from .fixture import QuantBenchmark
+
+    session = request.config.stash[SESSION]
+    settings = session.settings
+    kwargs = _marker_kwargs(request.node)
+    try:
+        thresholds = settings.thresholds.updated(**{k: v for k, v in kwargs.items() if k not in (*NARROWING, "baseline")})
+    except ValueError as error:
+        pytest.fail(f"{MARKER} marker: {error}", pytrace=False)
+    bench = QuantBenchmark(session, qb_case, request.node.nodeid, thresholds, kwargs.get("baseline") or settings.baseline_precision)
+    request.node.stash[BENCH] = bench
+    reason = qb_case.precision.why_unavailable(settings.device)
+    if reason is None and settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            reason = "--qb-device cuda but no CUDA GPU is visible"
+    if reason:
+        pytest.skip(reason)
+    yield bench
+    bench.release()  # the item outlives the test: drop its model reference so the cache can free the model
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    bench = item.stash.get(BENCH, None)
+    if bench is not None:
+        bench.enforce_thresholds()
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    bench = item.stash.get(BENCH, None)
+    finished = report.when == "call" or (report.when == "setup" and not report.passed)
+    if bench is not None and finished:
+        record = bench.record
+        record.outcome = report.outcome
+        if report.skipped and isinstance(report.longrepr, tuple):
+            record.reason = report.longrepr[2].removeprefix("Skipped: ")
+        elif report.failed:
+            record.reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
+        report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
+        for name, value in record.metrics.items():
+            report.user_properties.append((f"qb_{name}", value))
+        for task, value in record.accuracy_pct.items():
+            report.user_properties.append((f"qb_accuracy_pct_{task}", value))
+    return report
+
+
+class SessionHooks:
+    """Hooks that need the session state but receive no config: registered per session in pytest_configure."""
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    def state(self) -> QuantbenchSession:
+        return self.config.stash[SESSION]
+
+    def pytest_sessionstart(self, session):
+        if not _is_worker(self.config):
+            from .results import JOURNAL_NAME
+
+            journal = Path(self.config.getoption("qb_report_dir") or self.config.getini("qb_report_dir")) / JOURNAL_NAME
+            journal.unlink(missing_ok=True)
+
+    def pytest_runtest_logreport(self, report):
+        data = getattr(report, "quantbench_record", None)
+        if data is not None:
+            self.state.records.append(Record.from_dict(data))
+            if not _is_worker(self.config):
+                append_journal(self.state.settings.report_dir, data)
+
+    def pytest_sessionfinish(self, session):
+        if _is_worker(self.config) or not self.state.records:
+            return
+        from .report.writer import write_reports
+
+        self.state.report_paths = write_reports(self.state.records, self.state.settings.report_dir)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if _is_worker(self.config) or not self.state.records:
+            return
+        from .report.markdown import terminal_table
+
+        terminalreporter.write_sep("=", "quantbench")
+        terminalreporter.write_line(terminal_table(self.state.records))
+        for path in getattr(self.state, "report_paths", []):
+            terminalreporter.write_line(f"report: {path}")
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")

@@ -1,0 +1,39 @@
+"""Reports, all rendered from one pandas DataFrame of the session's records."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..results import Record
+
+# Columns of the per-case table, in order, with the header each gets in Markdown.
+COLUMNS = {
+    "footprint_mb": "footprint (MB)",
+    "peak_mem_mb": "peak mem (MB)",
+    "ttft_ms": "TTFT (ms)",
+    "ms_per_token": "ms/token",
+    "tokens_per_s": "tokens/s",
+    "latency_ms": "latency (ms)",
+    "load_s": "load (s)",
+}
+
+
+def records_frame(records: list[Record]) -> pd.DataFrame:
+    """One row per (model, precision, decoding): the metrics and accuracies of all its tests merged."""
+    rows: dict[tuple, dict] = {}
+    for record in records:
+        if record.outcome == "skipped":
+            continue
+        key = (record.model, record.precision, record.decoding)
+        row = rows.setdefault(key, {"model": record.model, "precision": record.precision, "decoding": record.decoding,
+                                    "device": record.device,
+                                    "compute": record.model_info.get("precision_params", {}).get("compute_dtype", "")})
+        for name, value in record.metrics.items():
+            row.setdefault(name, value)
+        for task, value in record.accuracy_pct.items():
+            row.setdefault(f"acc:{task}", value)
+    return pd.DataFrame(list(rows.values()))
+
+
+def accuracy_columns(frame: pd.DataFrame) -> list[str]:
+    return sorted(c for c in frame.columns if c.startswith("acc:"))

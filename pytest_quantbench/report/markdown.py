@@ -1,0 +1,74 @@
+"""The Markdown report (seed-001 style: one row per precision) and the short terminal table."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..results import Record, device_label
+from . import COLUMNS, accuracy_columns, records_frame
+
+
+def _table(frame: pd.DataFrame, columns: list[str]) -> str:
+    present = [c for c in columns if c in frame.columns]
+    headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else c) for c in present}
+    return frame[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–")
+
+
+def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, precision): greedy where it was measured, else the first decoding measured."""
+    if frame.empty:
+        return frame
+    order = frame["decoding"].map(lambda d: 0 if d == "greedy" else 1)
+    ordered = frame.assign(_order=order).sort_values("_order", kind="stable")
+    merged = ordered.groupby(["model", "precision"], sort=False).first().reset_index()
+    return merged.drop(columns="_order")
+
+
+def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
+    frame = records_frame(records)
+    versions = env.get("versions", {})
+    lines = [
+        "# quantbench report",
+        "",
+        (f"Device: {device_label(env)} · torch {versions.get('torch')} · transformers {versions.get('transformers')} · "
+        f"bitsandbytes {versions.get('bitsandbytes')} · commit {str(env.get('git_commit'))[:10]}"),
+        "",
+        f"Command: `{env.get('command')}`",
+        "",
+    ]
+    for name, info in models.items():
+        source = info.get("source", {})
+        described = ", ".join(f"{k} {v}" for k, v in source.items() if k != "note")
+        lines.append(f"- **{name}** ({info.get('family', '?')}): {described}")
+        if source.get("note"):
+            lines.append(f"  - {source['note']}")
+    accuracy = accuracy_columns(frame)
+    if not frame.empty:
+        lines += ["", "## By precision", "",
+                  "Speed and memory from greedy decoding where measured; accuracy with greedy decoding.", "",
+                  _table(summary_frame(frame), ["model", "precision", "compute", *accuracy, *COLUMNS])]
+        lines += ["", "## By decoding", ""]
+        for decoding, group in frame.groupby("decoding", sort=False):
+            lines += [f"### {decoding}", "",
+                      _table(group, ["model", "precision", *accuracy, "ms_per_token", "tokens_per_s", "latency_ms",
+                                     "ttft_ms", "peak_mem_mb"]), ""]
+    checks = [(r, c) for r in records for c in r.checks]
+    if checks:
+        lines += ["", "## Threshold checks", "", "| test | check | result |", "| --- | --- | --- |"]
+        lines += [f"| `{r.test}` | {c['name']} | {'pass' if c['passed'] else '**FAIL**'}: {c['message']} |" for r, c in checks]
+    troubled = [r for r in records if r.outcome != "passed"]
+    if troubled:
+        lines += ["", "## Skipped and failed", "", "| test | outcome | reason |", "| --- | --- | --- |"]
+        lines += [f"| `{r.test}` | {r.outcome} | {(r.reason or '').splitlines()[0] if r.reason else ''} |" for r in troubled]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def terminal_table(records: list[Record]) -> str:
+    frame = records_frame(records)
+    if frame.empty:
+        return "no measurements"
+    summary = summary_frame(frame)
+    columns = ["model", "precision", *accuracy_columns(frame), "footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s"]
+    present = [c for c in columns if c in summary.columns]
+    headers = {c: COLUMNS.get(c, f"{c[4:]} %" if c.startswith("acc:") else c) for c in present}
+    return summary[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–", tablefmt="simple")

@@ -1,0 +1,155 @@
+"""The record of one benchmark test, the environment it ran in, and the JSON report file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "pytest", "pytest-quantbench")
+
+
+@dataclass
+class Record:
+    """One test case: what ran (model, precision, decoding, device), what it measured, what it was held to."""
+
+    test: str
+    model: str
+    precision: str
+    decoding: str
+    device: str
+    outcome: str = "passed"  # passed, failed or skipped
+    reason: str | None = None  # skip reason or failure message
+    metrics: dict[str, float] = field(default_factory=dict)  # unit in every key: load_s, ms_per_token, ...
+    accuracy_pct: dict[str, float] = field(default_factory=dict)  # task -> accuracy in percent
+    task_details: dict[str, dict] = field(default_factory=dict)  # task -> n, categories, examples
+    checks: list[dict] = field(default_factory=list)
+    model_info: dict = field(default_factory=dict)  # source, file hash, family, precision parameters
+    worker: str = "main"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001  no NVML library or no driver: the report just leaves it out
+        return None
+
+
+def environment(device: str) -> dict:
+    """What a reader needs to reproduce the numbers: hardware, library versions, commit and command line."""
+    env = {
+        "device": device,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in LIBRARIES},
+        "git_commit": _git_commit(),
+        "command": " ".join(sys.argv),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        if device == "cuda" and torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            env["gpu"] = {
+                "name": props.name,
+                "count": torch.cuda.device_count(),
+                "memory_mb": props.total_memory / 2**20,
+                "capability": f"{props.major}.{props.minor}",
+                "cuda": torch.version.cuda,
+                "driver": _nvidia_driver(),
+            }
+    except ImportError:
+        pass
+    return env
+
+
+def device_label(env: dict) -> str:
+    gpu = env.get("gpu")
+    return gpu["name"] if gpu else f"cpu ({env.get('cpu')}, {env.get('cpu_count')} cores)"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+JOURNAL_NAME = "quantbench.jsonl"
+
+
+def append_journal(report_dir: Path, record: dict) -> None:
+    """Append one finished record as a JSON line, so a crash or Ctrl-C loses nothing already measured."""
+    path = Path(report_dir) / JOURNAL_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+        handle.flush()
+
+
+def report_dict(records: list[Record], env: dict, models: dict[str, dict]) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "environment": env,
+        "models": models,
+        "records": [r.as_dict() for r in records],
+    }
+
+
+def load_report(path: Path) -> dict:
+    """Read a report written by `report_dict`; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable quantbench report ({error})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("records"), list):
+        raise ValueError(f"{path}: not a quantbench report of schema version {SCHEMA_VERSION}")
+    return data

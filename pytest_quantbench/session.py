@@ -1,0 +1,86 @@
+"""Session-wide state: settings, the model cache, accuracy results shared between tests, and the records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decoding import Decoding, parse_decoding
+from .models import ModelCache, ModelSpec, resolve_model
+from .precisions import Precision, parse_precision
+from .results import Record
+from .settings import Settings, read_settings, split_list
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the matrix; its id is `<model>-<precision>-<decoding>`."""
+
+    model: ModelSpec
+    precision: Precision
+    decoding: Decoding
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.name}-{self.precision.name}-{self.decoding.name}"
+
+
+class QuantbenchSession:
+    def __init__(self, config):
+        self.config = config
+        self._settings: Settings | None = None
+        self._cache: ModelCache | None = None
+        self.records: list[Record] = []
+        self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
+        self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
+
+    @property
+    def settings(self) -> Settings:
+        """Built on first use, so pytest runs that use no quantbench fixture never import torch."""
+        if self._settings is None:
+            self._settings = read_settings(self.config)
+        return self._settings
+
+    @property
+    def cache(self) -> ModelCache:
+        if self._cache is None:
+            self._cache = ModelCache(self.settings.device)
+        return self._cache
+
+    def cases(self, models=None, precisions=None, decodings=None) -> list[Case]:
+        """The session's matrix, narrowed to the names a test's marker allows (None: no narrowing)."""
+        settings = self.settings
+        specs = [resolve_model(m) for m in settings.models]
+        names = [s.name for s in specs]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"two models share the test-id name(s) {sorted(duplicates)}: name them with NAME=SOURCE")
+
+        def narrow(selected, allowed):
+            if allowed is None:
+                return list(selected)
+            allowed = [a.lower() for a in split_list(list(allowed))]
+            return [s for s in selected if s.lower() in allowed]
+
+        for name in split_list(list(precisions or [])):
+            parse_precision(name)
+        for name in split_list(list(decodings or [])):
+            parse_decoding(name)
+        return [
+            Case(spec, parse_precision(p), parse_decoding(d))
+            for spec in specs
+            if models is None or spec.name in models
+            for p in narrow(settings.precisions, precisions)
+            for d in narrow(settings.decodings, decodings)
+        ]
+
+    def task_result(self, spec: ModelSpec, precision: Precision, task, decoding: Decoding, limit: int | None,
+                    max_new_tokens: int, handle=None):
+        """A task's result for one (model, precision, decoding), computed once per session."""
+        key = (spec.name, precision.name, task.name, decoding.name, limit, max_new_tokens)
+        if key not in self.task_results:
+            import torch
+
+            handle = handle or self.cache.get(spec, precision)
+            torch.manual_seed(0)
+            self.task_results[key] = task.evaluate(handle, decoding, limit, max_new_tokens)
+        return self.task_results[key]

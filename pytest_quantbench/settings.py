@@ -1,0 +1,180 @@
+"""Command-line options and ini keys -> one frozen Settings object, plus the small parsers they need."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_PRECISIONS = {"cpu": "fp32,bf16,int8,nf4,fp4", "cuda": "bf16,fp16,int8,nf4,fp4"}
+DEFAULT_BASELINE = {"cpu": "fp32", "cuda": "bf16"}
+
+# (option name, ini key, help, default). Every option is also an ini key, so a project can pin its matrix in
+# [tool.pytest.ini_options] and a command line can still override it.
+OPTIONS = [
+    ("--qb-model", "qb_model", ("model: hub id, local dir, .gguf file or alias (smollm2-135m); repeatable; "
+     "NAME=SOURCE sets the name used in test ids"), DEFAULT_MODEL),
+    ("--qb-precision", "qb_precision", ("comma list of precisions, e.g. fp32,bf16,int8,nf4,nf4@fp16+dq "
+     "(default: fp32,bf16,int8,nf4,fp4 on cpu; bf16,fp16,int8,nf4,fp4 on cuda)"), None),
+    ("--qb-decoding", "qb_decoding", "comma list of decodings: greedy, sample, beam2..beam5", "greedy,sample,beam4"),
+    ("--qb-device", "qb_device", "auto, cpu or cuda", "auto"),
+    ("--qb-max-new-tokens", "qb_max_new_tokens", "new tokens per generation", "32"),
+    ("--qb-limit", "qb_limit", "samples per accuracy task (default: all)", None),
+    ("--qb-data-dir", "qb_data_dir", "directory with local dataset files", None),
+    ("--qb-report-dir", "qb_report_dir", "where quantbench.json and quantbench.md are written", ".quantbench"),
+    ("--qb-warmup", "qb_warmup", "warm-up generations before timing", "1"),
+    ("--qb-repeats", "qb_repeats", "timed generations per measurement", "3"),
+    ("--qb-baseline-precision", "qb_baseline_precision",
+     "precision accuracy drops are measured against (default: fp32 on cpu, bf16 on cuda)", None),
+    ("--qb-max-accuracy-drop", "qb_max_accuracy_drop", "fail when accuracy drops more points than this", None),
+    ("--qb-max-memory-mb", "qb_max_memory_mb", "fail when peak memory during measurement exceeds this", None),
+    ("--qb-max-footprint-mb", "qb_max_footprint_mb", "fail when the model footprint exceeds this", None),
+    ("--qb-min-tokens-per-s", "qb_min_tokens_per_s", "fail when throughput is below this", None),
+    ("--qb-max-ms-per-token", "qb_max_ms_per_token", "fail when decode ms/token is above this", None),
+]
+
+
+def add_options(addoption, addini) -> None:
+    """Register every option and its ini key (used by the plugin and by tests)."""
+    for flag, ini, help_text, default in OPTIONS:
+        if flag == "--qb-model":
+            addoption(flag, action="append", dest=ini, default=None, help=help_text)
+        else:
+            addoption(flag, dest=ini, default=None, help=help_text)
+        addini(ini, help=help_text, default=default)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits a test is held to; None means unchecked."""
+
+    max_accuracy_drop: float | None = None
+    max_memory_mb: float | None = None
+    max_footprint_mb: float | None = None
+    min_tokens_per_s: float | None = None
+    max_ms_per_token: float | None = None
+
+    def updated(self, **overrides) -> Thresholds:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return dataclasses.replace(self, **{k: None if v is None else float(v) for k, v in overrides.items()})
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...]
+    precisions: tuple[str, ...]
+    decodings: tuple[str, ...]
+    device: str
+    max_new_tokens: int
+    limit: int | None
+    data_dir: Path | None
+    report_dir: Path
+    warmup: int
+    repeats: int
+    baseline_precision: str
+    thresholds: Thresholds
+
+
+def split_list(value: str | list[str] | None) -> list[str]:
+    """'a, b,c' or ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    if value is None:
+        return []
+    parts = value if isinstance(value, list) else [value]
+    return [p.strip() for part in parts for p in part.replace("\n", ",").split(",") if p.strip()]
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda when a GPU is visible, else cpu."""
+    name = name.strip().lower()
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def _float_or_none(name: str, value: str | None) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _getter(config):
+    def get(ini: str):
+        value = config.getoption(ini)
+        if value is None or value == []:
+            value = config.getini(ini)
+        return value if value not in ("", []) else None
+
+    return get
+
+
+def check_names(config) -> None:
+    """Validate precision and decoding names early (no torch import): raises ValueError listing valid names."""
+    from .decoding import parse_decoding
+    from .precisions import parse_precision
+
+    get = _getter(config)
+    for name in split_list(get("qb_precision")) + split_list(get("qb_baseline_precision")):
+        parse_precision(name)
+    for name in split_list(get("qb_decoding")):
+        parse_decoding(name)
+    resolve_device_name = (get("qb_device") or "auto").strip().lower()
+    if resolve_device_name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {resolve_device_name!r}; valid: auto, cpu, cuda")
+
+
+def read_settings(config) -> Settings:
+    """Build Settings from a pytest config: command line first, then ini, then defaults."""
+    from .decoding import parse_decoding
+    from .precisions import parse_precision
+
+    get = _getter(config)
+    device = resolve_device(get("qb_device") or "auto")
+    precisions = split_list(get("qb_precision") or DEFAULT_PRECISIONS[device])
+    decodings = split_list(get("qb_decoding"))
+    for name in precisions:
+        parse_precision(name)
+    for name in decodings:
+        parse_decoding(name)
+    baseline = get("qb_baseline_precision") or DEFAULT_BASELINE[device]
+    parse_precision(baseline)
+    limit = get("qb_limit")
+    data_dir = get("qb_data_dir")
+    thresholds = Thresholds(
+        **{key: _float_or_none(key, get(f"qb_{key}")) for key in (f.name for f in dataclasses.fields(Thresholds))}
+    )
+    return Settings(
+        models=tuple(split_list(get("qb_model"))),
+        precisions=tuple(dict.fromkeys(precisions)),
+        decodings=tuple(dict.fromkeys(decodings)),
+        device=device,
+        max_new_tokens=max(2, _positive_int("--qb-max-new-tokens", get("qb_max_new_tokens"))),
+        limit=None if limit is None else _positive_int("--qb-limit", limit),
+        data_dir=Path(os.path.expanduser(data_dir)) if data_dir else None,
+        report_dir=Path(get("qb_report_dir")),
+        warmup=_positive_int("--qb-warmup", get("qb_warmup")),
+        repeats=max(1, _positive_int("--qb-repeats", get("qb_repeats"))),
+        baseline_precision=baseline,
+        thresholds=thresholds,
+    )

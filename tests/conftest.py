@@ -1,0 +1,34 @@
+"""Shared fixtures: the real SmolLM2-135M (embedded GGUF, converted once) and a tiny random-weight Llama that
+goes through the same loading path in milliseconds, for plugin tests that need a model but not its answers."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """Directory of SmolLM2-135M-Instruct as plain safetensors (converted from the embedded GGUF once)."""
+    from pytest_quantbench.models import materialize, resolve_model
+
+    path, _ = materialize(resolve_model("smollm2-135m"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir):
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer, saved like any local model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

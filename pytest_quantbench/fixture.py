@@ -69,7 +69,8 @@ class QuantBenchmark:
         from .tasks import get_task
 
         task = get_task(task_name)
-        limit = limit if limit is not None else self.settings.limit
+        if self.settings.limit is not None:  # the command line wins over the test's own choice; 0 means all
+            limit = self.settings.limit or None
         tokens = min(self.settings.max_new_tokens, getattr(task, "max_new_tokens", self.settings.max_new_tokens))
         result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
                                           tokens, handle=self.model)

@@ -199,7 +199,7 @@ class ModelHandle:
                 **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
             )
 
-    def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 32) -> list[list[str]]:
+    def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 40) -> list[list[str]]:
         """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
         per_batch = max(1, batch_size // decoding.num_responses)
         responses: list[list[str]] = []

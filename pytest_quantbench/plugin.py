@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import pytest
 
+from .models import ModelLoadError
 from .results import Record, append_journal
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_names
@@ -40,9 +40,19 @@ def pytest_configure(config):
         raise pytest.UsageError(str(error)) from None
     config.stash[SESSION] = QuantbenchSession(config)
     config.pluginmanager.register(SessionHooks(config), "quantbench-session")
-    # One model load per (model, precision) under xdist: keep each group on one worker.
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n N` (plain `--dist load`), keep each (model, precision) on one worker so it loads once."""
+    if config.getvalue("dist") != "load":
+        return None
+    from .distribute import ModelPrecisionScheduling
+    from .models import resolve_model
+
+    settings = config.stash[SESSION].settings
+    groups = [f"{resolve_model(m).name}-{p}" for m in settings.models for p in settings.precisions]
+    return ModelPrecisionScheduling(config, log, groups)
 
 
 def _version(name: str) -> str:
@@ -74,7 +84,7 @@ def pytest_generate_tests(metafunc):
     kwargs = _marker_kwargs(metafunc.definition)
     try:
         cases = session.cases(**{k: kwargs.get(k) for k in NARROWING})
-    except ValueError as error:
+    except (ValueError, ModelLoadError) as error:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: {error}") from None
     metafunc.parametrize(CASE_ARG, cases, ids=[c.id for c in cases])
 
@@ -96,9 +106,6 @@ def pytest_collection_modifyitems(session, config, items):
         return (1, models.index(case.model.name), precisions.index(case.precision.name))
 
     items[:] = [item for item, _ in sorted(cases, key=key)]
-    for item, case in cases:
-        if case is not None:
-            item.add_marker(pytest.mark.xdist_group(f"{case.model.name}-{case.precision.name}"))
 
 
 @pytest.fixture
@@ -149,10 +156,9 @@ def pytest_runtest_makereport(item, call):
         elif report.failed:
             record.reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
         report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
-        for name, value in record.metrics.items():
-            report.user_properties.append((f"qb_{name}", value))
-        for task, value in record.accuracy_pct.items():
-            report.user_properties.append((f"qb_accuracy_pct_{task}", value))
+        # JUnit XML writes the item's properties with the teardown report.
+        item.user_properties.extend((f"qb_{name}", value) for name, value in record.metrics.items())
+        item.user_properties.extend((f"qb_accuracy_pct_{t}", value) for t, value in record.accuracy_pct.items())
     return report
 
 
@@ -166,26 +172,21 @@ class SessionHooks:
     def state(self) -> QuantbenchSession:
         return self.config.stash[SESSION]
 
-    def pytest_sessionstart(self, session):
-        if not _is_worker(self.config):
-            from .results import JOURNAL_NAME
-
-            journal = Path(self.config.getoption("qb_report_dir") or self.config.getini("qb_report_dir")) / JOURNAL_NAME
-            journal.unlink(missing_ok=True)
-
     def pytest_runtest_logreport(self, report):
         data = getattr(report, "quantbench_record", None)
         if data is not None:
             self.state.records.append(Record.from_dict(data))
             if not _is_worker(self.config):
-                append_journal(self.state.settings.report_dir, data)
+                # The first record of a session starts a fresh journal; sessions without records leave it alone.
+                append_journal(self.state.settings.report_dir, data, fresh=len(self.state.records) == 1)
 
     def pytest_sessionfinish(self, session):
         if _is_worker(self.config) or not self.state.records:
             return
         from .report.writer import write_reports
 
-        self.state.report_paths = write_reports(self.state.records, self.state.settings.report_dir)
+        command = " ".join(["pytest", *self.config.invocation_params.args])
+        self.state.report_paths = write_reports(self.state.records, self.state.settings.report_dir, command)
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.state.records:

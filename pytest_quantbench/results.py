@@ -78,7 +78,7 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def environment(device: str) -> dict:
+def environment(device: str, command: str | None = None) -> dict:
     """What a reader needs to reproduce the numbers: hardware, library versions, commit and command line."""
     env = {
         "device": device,
@@ -88,7 +88,7 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in LIBRARIES},
         "git_commit": _git_commit(),
-        "command": " ".join(sys.argv),
+        "command": command or " ".join(sys.argv),
     }
     try:
         import torch
@@ -126,11 +126,11 @@ def write_atomic(path: Path, text: str) -> None:
 JOURNAL_NAME = "quantbench.jsonl"
 
 
-def append_journal(report_dir: Path, record: dict) -> None:
+def append_journal(report_dir: Path, record: dict, fresh: bool = False) -> None:
     """Append one finished record as a JSON line, so a crash or Ctrl-C loses nothing already measured."""
     path = Path(report_dir) / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
+    with open(path, "w" if fresh else "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
         handle.flush()
 

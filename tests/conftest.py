@@ -3,7 +3,21 @@ goes through the same loading path in milliseconds, for plugin tests that need a
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
+
+# pytester's in-process runs drop from sys.modules what was first imported inside them; bitsandbytes registers torch
+# operators at import and fails when imported a second time, so import it once here, before any inner session.
+if importlib.util.find_spec("bitsandbytes") is not None:
+    import bitsandbytes  # noqa: F401
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers with torch's default two threads each oversubscribe two cores and slow every model test ~10x.
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",
-                      _table(group, ["model", "precision", *accuracy, "ms_per_token", "tokens_per_s", "latency_ms",
+                      _table(group, ["model", "precision", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
     checks = [(r, c) for r in records for c in r.checks]
     if checks:

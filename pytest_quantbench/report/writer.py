@@ -20,9 +20,9 @@ def models_info(records: list[Record]) -> dict[str, dict]:
     return models
 
 
-def write_reports(records: list[Record], report_dir: Path) -> list[Path]:
+def write_reports(records: list[Record], report_dir: Path, command: str) -> list[Path]:
     devices = [r.device for r in records]
-    env = environment("cuda" if "cuda" in devices else "cpu")
+    env = environment("cuda" if "cuda" in devices else "cpu", command)
     models = models_info(records)
     json_path, markdown_path = Path(report_dir) / JSON_NAME, Path(report_dir) / MARKDOWN_NAME
     write_atomic(json_path, json.dumps(report_dict(records, env, models), indent=2, default=str) + "\n")

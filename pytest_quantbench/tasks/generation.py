@@ -126,7 +126,7 @@ class GenerationTask:
     name: str
     path: Path
     version: str = "1"
-    max_new_tokens: int = 16  # answers are a word, a number or a label: longer generations only cost time
+    max_new_tokens: int = 12  # answers are a word, a number or a label: longer generations only cost time
 
     def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int) -> TaskResult:
         items = take(load_items(self.path), limit)

@@ -12,7 +12,7 @@ COLUMNS = {
     "peak_mem_mb": "peak mem (MB)",
     "ttft_ms": "TTFT (ms)",
     "ms_per_token": "ms/token",
-    "ms_per_token_cv": "ms/token CV",
+    "ms_per_token_cv": "ms/token CV (%)",
     "tokens_per_s": "tokens/s",
     "latency_ms": "latency (ms)",
     "load_s": "load (s)",

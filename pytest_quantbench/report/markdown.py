@@ -9,6 +9,8 @@ from . import COLUMNS, accuracy_columns, records_frame
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> str:
+    if "ms_per_token_cv" in frame.columns:
+        frame = frame.assign(ms_per_token_cv=frame["ms_per_token_cv"] * 100)
     present = [c for c in columns if c in frame.columns]
     headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else c) for c in present}
     return frame[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–")

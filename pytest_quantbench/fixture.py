@@ -27,7 +27,8 @@ class QuantBenchmark:
         self.thresholds = thresholds
         self.baseline_precision = baseline
         self.record = Record(test=nodeid, model=case.model.name, precision=case.precision.name,
-                             decoding=case.decoding.name, device=self.settings.device, worker=session.worker)
+                             decoding=case.decoding.name, device=self.settings.device, worker=session.worker,
+                             device_name=session.device_name)
         self.baseline_accuracy_pct: dict[str, float] = {}
         self._handle: ModelHandle | None = None
 
@@ -92,6 +93,10 @@ class QuantBenchmark:
             {t: v / 100 for t, v in self.record.accuracy_pct.items()}, self.baseline_precision,
             {t: v / 100 for t, v in self.baseline_accuracy_pct.items()},
         )
+        try:
+            checks += self.session.regression_checks(self.record)
+        except ValueError as error:  # a baseline from another device model, or a malformed baseline file
+            pytest.fail(str(error), pytrace=False)
         self.record.checks = [c.as_dict() for c in checks]
         failed = [c.message for c in checks if not c.passed]
         if failed:

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pytest
 
 from .models import ModelLoadError
-from .results import Record, append_journal
+from .results import Record, append_journal, write_atomic
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_names
 
@@ -186,7 +186,16 @@ class SessionHooks:
         from .report.writer import write_reports
 
         command = " ".join(["pytest", *self.config.invocation_params.args])
-        self.state.report_paths = write_reports(self.state.records, self.state.settings.report_dir, command)
+        settings = self.state.settings
+        paths = write_reports(self.state.records, settings.report_dir, command)
+        if settings.save_baseline_file:
+            write_atomic(settings.save_baseline_file, paths[0].read_text(encoding="utf-8"))
+            paths.append(settings.save_baseline_file)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:  # GitHub Actions shows this file on the run's page
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(paths[1].read_text(encoding="utf-8") + "\n")
+        self.state.report_paths = paths
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.state.records:

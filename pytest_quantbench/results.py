@@ -33,6 +33,7 @@ class Record:
     checks: list[dict] = field(default_factory=list)
     model_info: dict = field(default_factory=dict)  # source, file hash, family, precision parameters
     worker: str = "main"
+    device_name: str = ""  # the GPU or CPU model: baselines compare only on the same one
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +108,15 @@ def environment(device: str, command: str | None = None) -> dict:
     except ImportError:
         pass
     return env
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    return _cpu_name()
 
 
 def device_label(env: dict) -> str:

@@ -32,6 +32,33 @@ class QuantbenchSession:
         self.records: list[Record] = []
         self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        self._baseline: dict | None = None
+        self._device_name: str | None = None
+
+    @property
+    def device_name(self) -> str:
+        if self._device_name is None:
+            from .results import device_name
+
+            self._device_name = device_name(self.settings.device)
+        return self._device_name
+
+    def regression_checks(self, record) -> list:
+        """Checks of `record` against the same test in the --qb-baseline file (none without one)."""
+        from .regression import compare, device_mismatch, load_baseline
+
+        path = self.settings.baseline_file
+        if path is None:
+            return []
+        if self._baseline is None:
+            self._baseline = load_baseline(path)
+        base = self._baseline.get(record.test)
+        if base is None:
+            return []
+        mismatch = device_mismatch(base, record, path)
+        if mismatch and not self.settings.force_baseline:
+            raise ValueError(mismatch)
+        return compare(base, record, self.settings.fail_on)
 
     @property
     def settings(self) -> Settings:

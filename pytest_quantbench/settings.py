@@ -33,16 +33,24 @@ OPTIONS = [
     ("--qb-max-footprint-mb", "qb_max_footprint_mb", "fail when the model footprint exceeds this", None),
     ("--qb-min-tokens-per-s", "qb_min_tokens_per_s", "fail when throughput is below this", None),
     ("--qb-max-ms-per-token", "qb_max_ms_per_token", "fail when decode ms/token is above this", None),
+    ("--qb-save-baseline", "qb_save_baseline", "store this run's results in FILE for later comparison", None),
+    ("--qb-baseline", "qb_baseline", "compare with the results stored in FILE; regressions fail their test", None),
+    ("--qb-fail-on", "qb_fail_on", "regression tolerances, e.g. ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt",
+     "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"),
+    ("--qb-force-baseline", "qb_force_baseline", "compare with a baseline measured on another device model", None),
 ]
 
 
 def add_options(addoption, addini) -> None:
     """Register every option and its ini key (used by the plugin and by tests)."""
     for flag, ini, help_text, default in OPTIONS:
+        option_help = help_text.replace("%", "%%")  # argparse formats help strings
         if flag == "--qb-model":
-            addoption(flag, action="append", dest=ini, default=None, help=help_text)
+            addoption(flag, action="append", dest=ini, default=None, help=option_help)
+        elif flag == "--qb-force-baseline":
+            addoption(flag, action="store_const", const="true", dest=ini, default=None, help=option_help)
         else:
-            addoption(flag, dest=ini, default=None, help=help_text)
+            addoption(flag, dest=ini, default=None, help=option_help)
         addini(ini, help=help_text, default=default)
 
 
@@ -78,6 +86,10 @@ class Settings:
     repeats: int
     baseline_precision: str
     thresholds: Thresholds
+    baseline_file: Path | None = None
+    save_baseline_file: Path | None = None
+    fail_on: dict = dataclasses.field(default_factory=dict)  # metric -> regression.Tolerance
+    force_baseline: bool = False
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -139,6 +151,11 @@ def check_names(config) -> None:
         parse_precision(name)
     for name in split_list(get("qb_decoding")):
         parse_decoding(name)
+    from .regression import load_baseline, parse_tolerances
+
+    parse_tolerances(get("qb_fail_on") or "")
+    if get("qb_baseline"):
+        load_baseline(Path(get("qb_baseline")))
     resolve_device_name = (get("qb_device") or "auto").strip().lower()
     if resolve_device_name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {resolve_device_name!r}; valid: auto, cpu, cuda")
@@ -148,6 +165,7 @@ def read_settings(config) -> Settings:
     """Build Settings from a pytest config: command line first, then ini, then defaults."""
     from .decoding import parse_decoding
     from .precisions import parse_precision
+    from .regression import parse_tolerances
 
     get = _getter(config)
     device = resolve_device(get("qb_device") or "auto")
@@ -177,4 +195,8 @@ def read_settings(config) -> Settings:
         repeats=max(1, _positive_int("--qb-repeats", get("qb_repeats"))),
         baseline_precision=baseline,
         thresholds=thresholds,
+        baseline_file=Path(get("qb_baseline")) if get("qb_baseline") else None,
+        save_baseline_file=Path(get("qb_save_baseline")) if get("qb_save_baseline") else None,
+        fail_on=parse_tolerances(get("qb_fail_on") or ""),
+        force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
     )

@@ -1,0 +1,119 @@
+"""`quantbench` command: re-render a report, rebuild one from a journal, compare two runs, merge shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .regression import compare, device_mismatch, load_baseline, parse_tolerances
+from .report.writer import JSON_NAME, models_info, write_reports
+from .results import Record, load_report, report_dict, write_atomic
+
+DEFAULT_FAIL_ON = "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"
+
+
+def _records(data: dict) -> list[Record]:
+    return [Record.from_dict(r) for r in data["records"]]
+
+
+def read_journal(path: Path) -> list[Record]:
+    """Records from a journal; a last line cut short by a crash is dropped, any other bad line is an error."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(Record.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as error:
+            if number == len(lines):
+                print(f"{path}:{number}: dropped a truncated last line", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}:{number}: not a quantbench record ({error})") from None
+    return records
+
+
+def cmd_report(args) -> int:
+    source = Path(args.file)
+    if args.from_journal:
+        records = read_journal(source)
+        out = Path(args.out or source.parent)
+        paths = write_reports(records, out, f"quantbench report --from-journal {source}")
+    else:
+        data = load_report(source)
+        out = Path(args.out or source.parent)
+        from .report.markdown import render
+
+        paths = [out / "quantbench.md"]
+        write_atomic(paths[0], render(_records(data), data.get("environment", {}), data.get("models", {})))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    tolerances = parse_tolerances(args.fail_on)
+    base, new = load_baseline(Path(args.base)), load_baseline(Path(args.new))
+    rows, regressions = [], 0
+    for test, record in new.items():
+        if test not in base:
+            continue
+        mismatch = device_mismatch(base[test], record, Path(args.base))
+        if mismatch and not args.force:
+            print(mismatch, file=sys.stderr)
+            return 2
+        for check in compare(base[test], record, tolerances):
+            regressions += not check.passed
+            rows.append(f"| `{test}` | {check.name.removeprefix('regression[').rstrip(']')} | {check.baseline:.2f} | "
+                        f"{check.measured:.2f} | {'**REGRESSION**' if not check.passed else 'ok'}: {check.message} |")
+    print("| test | metric | baseline | new | verdict |\n| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    unmatched = sorted(set(new) ^ set(base))
+    print(f"\n{len(rows)} comparisons, {regressions} regressions, {len(unmatched)} tests in only one run")
+    return 1 if regressions else 0
+
+
+def cmd_merge(args) -> int:
+    records, sources = [], []
+    for name in args.files:
+        data = load_report(Path(name))
+        records += _records(data)
+        sources.append({"file": name, "environment": data.get("environment", {})})
+    out = Path(args.out)
+    merged = report_dict(records, sources[0]["environment"], models_info(records))
+    merged["merged_from"] = sources
+    write_atomic(out / JSON_NAME, json.dumps(merged, indent=2, default=str) + "\n")
+    from .report.markdown import render
+
+    write_atomic(out / "quantbench.md", render(records, sources[0]["environment"], merged["models"]))
+    print(f"merged {len(records)} records from {len(sources)} reports into {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", help="re-render quantbench.md from a report (or rebuild from a journal)")
+    report.add_argument("file", help="quantbench.json, or quantbench.jsonl with --from-journal")
+    report.add_argument("--from-journal", action="store_true", help="rebuild JSON and Markdown from the journal")
+    report.add_argument("--out", help="output directory (default: beside the input)")
+    comparison = commands.add_parser("compare", help="compare two runs; exit 1 on a regression")
+    comparison.add_argument("base")
+    comparison.add_argument("new")
+    comparison.add_argument("--fail-on", default=DEFAULT_FAIL_ON, help="tolerances, e.g. " + DEFAULT_FAIL_ON.replace("%", "%%"))
+    comparison.add_argument("--force", action="store_true", help="compare runs from different device models")
+    merge = commands.add_parser("merge", help="one report from several (shards, GPUs, hosts)")
+    merge.add_argument("files", nargs="+")
+    merge.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        return {"report": cmd_report, "compare": cmd_compare, "merge": cmd_merge}[args.command](args)
+    except (ValueError, OSError) as error:
+        print(f"quantbench {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

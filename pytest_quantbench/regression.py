@@ -63,7 +63,7 @@ def device_mismatch(base: Record, new: Record, path: Path) -> str | None:
     if (base.device_name or base.device) == (new.device_name or new.device):
         return None
     return (f"baseline {path} measured {new.test} on {base.device_name or base.device}, this run is on "
-            f"{new.device_name or new.device}: refusing to compare (--qb-force-baseline compares anyway)")
+            f"{new.device_name or new.device}: refusing to compare (--qb-force-baseline, or --force for quantbench compare, compares anyway)")
 
 
 def _values(record: Record, metric: str) -> dict[str, float]:

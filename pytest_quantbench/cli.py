@@ -44,10 +44,7 @@ def cmd_report(args) -> int:
     else:
         data = load_report(source)
         out = Path(args.out or source.parent)
-        from .report.markdown import render
-
-        paths = [out / "quantbench.md"]
-        write_atomic(paths[0], render(_records(data), data.get("environment", {}), data.get("models", {})))
+        paths = write_reports(_records(data), out, "", env=data.get("environment", {}), write_json=False)
     for path in paths:
         print(f"wrote {path}")
     return 0

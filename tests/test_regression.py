@@ -89,10 +89,10 @@ import os, time
 import pytest
 
 def test_speed(quantbench):
-    if os.environ.get("QB_TEST_SLOW"):  # a deliberately slowed case: every forward pass sleeps 20 ms
+    if os.environ.get("QB_TEST_SLOW"):  # a deliberately slowed case: every forward pass sleeps 60 ms
         model = quantbench.model.model
         forward = model.forward
-        model.forward = lambda *a, **k: (time.sleep(0.02), forward(*a, **k))[1]
+        model.forward = lambda *a, **k: (time.sleep(0.06), forward(*a, **k))[1]
     quantbench.measure(max_new_tokens=6)
 """
 
@@ -102,12 +102,14 @@ def test_gate_fails_a_slowed_run_and_passes_an_identical_one(pytester, tiny_mode
     args = [f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=fp32", "--qb-decoding=greedy", "--qb-repeats=3",
             "--qb-warmup=1", "-p", "no:cacheprovider"]
     pytester.runpytest(*args, "--qb-save-baseline=base.json").assert_outcomes(passed=1)
-    gate = ("--qb-baseline=base.json", "--qb-fail-on=ms_per_token:100%,footprint_mb:1%")
+    # The tiny model decodes in about 1 ms/token, and a busy 2-core machine can multiply that: an absolute 25 ms
+    # tolerance ignores such jitter and still catches the 60 ms/token slowdown.
+    gate = ("--qb-baseline=base.json", "--qb-fail-on=ms_per_token:25,footprint_mb:1%")
     pytester.runpytest(*args, *gate).assert_outcomes(passed=1)
     monkeypatch.setenv("QB_TEST_SLOW", "1")
     slowed = pytester.runpytest(*args, *gate)
     slowed.assert_outcomes(failed=1)
-    slowed.stdout.fnmatch_lines(["*ms_per_token * vs baseline * regression (tolerance 100%*"])
+    slowed.stdout.fnmatch_lines(["*ms_per_token * vs baseline * regression (tolerance 25*"])
 
 
 def test_corrupt_baseline_is_a_usage_error(pytester, tiny_model_dir):

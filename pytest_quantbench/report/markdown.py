@@ -6,6 +6,7 @@ import pandas as pd
 
 from ..results import Record, device_label
 from . import COLUMNS, accuracy_columns, records_frame
+from .recommend import recommendations
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> str:
@@ -49,6 +50,9 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         lines += ["", "## By precision", "",
                   "Speed and memory from greedy decoding where measured; accuracy with greedy decoding.", "",
                   _table(summary_frame(frame), ["model", "precision", "compute", *accuracy, *COLUMNS])]
+        advice = recommendations(summary_frame(frame))
+        if advice:
+            lines += ["", "## Recommendations", "", *advice]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from ..results import Record, environment, report_dict, write_atomic
-from .markdown import render
+from . import records_frame
+from .markdown import render, summary_frame
+from .plots import write_plots
 
-JSON_NAME, MARKDOWN_NAME = "quantbench.json", "quantbench.md"
+JSON_NAME, MARKDOWN_NAME, CSV_NAME = "quantbench.json", "quantbench.md", "quantbench.csv"
 
 
 def models_info(records: list[Record]) -> dict[str, dict]:
@@ -20,11 +23,22 @@ def models_info(records: list[Record]) -> dict[str, dict]:
     return models
 
 
-def write_reports(records: list[Record], report_dir: Path, command: str) -> list[Path]:
+def write_reports(records: list[Record], report_dir: Path, command: str, env: dict | None = None,
+                  write_json: bool = True) -> list[Path]:
+    """JSON, Markdown, CSV and (with matplotlib) PNG plots; `env` from a saved report, else this machine's."""
     devices = [r.device for r in records]
-    env = environment("cuda" if "cuda" in devices else "cpu", command)
+    env = env or environment("cuda" if "cuda" in devices else "cpu", command)
     models = models_info(records)
     json_path, markdown_path = Path(report_dir) / JSON_NAME, Path(report_dir) / MARKDOWN_NAME
-    write_atomic(json_path, json.dumps(report_dict(records, env, models), indent=2, default=str) + "\n")
+    if write_json:
+        write_atomic(json_path, json.dumps(report_dict(records, env, models), indent=2, default=str) + "\n")
     write_atomic(markdown_path, render(records, env, models))
-    return [json_path, markdown_path]
+    paths = [json_path, markdown_path] if write_json else [markdown_path]
+    frame = records_frame(records)
+    if not frame.empty:
+        csv_path = Path(report_dir) / CSV_NAME
+        write_atomic(csv_path, frame.to_csv(index=False))
+        paths.append(csv_path)
+        if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
+            paths += write_plots(summary_frame(frame), Path(report_dir) / "plots")
+    return paths

@@ -1,0 +1,55 @@
+"""Report extras: Pareto front, normalization, recommendations, CSV and PNG files."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pytest_quantbench.report.plots import normalized, pareto_front
+from pytest_quantbench.report.recommend import recommendations
+from pytest_quantbench.report.writer import write_reports
+from pytest_quantbench.results import Record
+
+
+def test_pareto_front_hand_computed():
+    # (memory, accuracy): b dominates c (smaller and as accurate); a and b trade off; d is dominated by b
+    points = [(100.0, 60.0), (50.0, 55.0), (80.0, 55.0), (90.0, 40.0)]
+    assert pareto_front(points) == [0, 1]
+
+
+def summary():
+    return pd.DataFrame({"model": ["m"] * 3, "precision": ["fp32", "int8", "nf4"],
+                         "footprint_mb": [500.0, 200.0, 150.0], "tokens_per_s": [20.0, 10.0, 15.0],
+                         "peak_mem_mb": [900.0, 700.0, 600.0], "acc:simple": [60.0, 58.0, 40.0]})
+
+
+def test_normalized_best_is_one():
+    grid = normalized(summary(), ["footprint_mb", "tokens_per_s", "acc:simple"])
+    assert list(grid["footprint_mb"]) == [0.0, pytest.approx(300 / 350), 1.0]
+    assert list(grid["tokens_per_s"]) == [1.0, 0.0, 0.5]
+    assert list(grid["acc:simple"]) == [1.0, 0.9, 0.0]
+
+
+def test_recommendations():
+    lines = recommendations(summary())
+    assert lines[0] == "- **Fastest**: m fp32 (20.0 tokens/s)"
+    assert lines[1] == "- **Most accurate**: m fp32 (mean accuracy 60.0%)"
+    assert lines[2].startswith("- **Smallest within 5 pt of the most accurate**: m int8 (200.0 MB")
+    # fp32 (0 + 1 + 0 + 1) / 4 = 0.5; int8 (0.857 + 0 + 0.667 + 0.9) / 4 = 0.606; nf4 (1 + 0.5 + 1 + 0) / 4 = 0.625
+    assert lines[3].startswith("- **Best overall balance**: m nf4 (mean normalized score 0.6")
+
+
+def test_write_reports_adds_csv_and_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need the matplotlib extra")
+    records = [Record(f"t::t[m-{p}-greedy]", "m", p, "greedy", "cpu",
+                      metrics={"footprint_mb": f, "tokens_per_s": t, "peak_mem_mb": f + 300},
+                      accuracy_pct={"simple": a})
+               for p, f, t, a in [("fp32", 500.0, 20.0, 60.0), ("nf4", 150.0, 15.0, 40.0)]]
+    paths = write_reports(records, tmp_path, "pytest benchmarks")
+    names = {p.name for p in paths}
+    assert {"quantbench.json", "quantbench.md", "quantbench.csv", "footprint_mb.png", "tokens_per_s.png",
+            "peak_mem_mb.png", "heatmap.png", "accuracy_vs_memory.png"} <= names
+    csv = pd.read_csv(tmp_path / "quantbench.csv")
+    assert list(csv["precision"]) == ["fp32", "nf4"] and list(csv["acc:simple"]) == [60.0, 40.0]
+    assert all(p.stat().st_size > 1000 for p in paths if p.suffix == ".png")
+    assert "## Recommendations" in (tmp_path / "quantbench.md").read_text()

@@ -1,0 +1,82 @@
+"""Nothing finished is lost: an out-of-memory load, a Ctrl-C mid-session and a killed xdist worker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_quantbench.cli import main
+
+SPEED_TEST = """
+def test_speed(quantbench):
+    quantbench.measure(max_new_tokens=4)
+"""
+FAST = ("--qb-repeats=1", "--qb-warmup=0", "-p", "no:cacheprovider")
+
+
+def journal_records(pytester):
+    lines = (pytester.path / ".quantbench" / "quantbench.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_out_of_memory_fails_only_its_case(pytester, tiny_model_dir):
+    pytester.makeconftest("""
+        import torch
+        import transformers
+
+        real = transformers.AutoModelForCausalLM.from_pretrained
+
+        def from_pretrained(*args, **kwargs):  # the bf16 load runs out of memory, as a too-large model would
+            if kwargs.get("dtype") is torch.bfloat16:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return real(*args, **kwargs)
+
+        transformers.AutoModelForCausalLM.from_pretrained = from_pretrained
+    """)
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=bf16,fp32",
+                                "--qb-decoding=greedy,beam2", *FAST)
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*out of memory loading tiny in bf16 on cpu: CUDA out of memory*"])
+    records = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"]
+    assert sorted((r["precision"], r["outcome"]) for r in records) == [
+        ("bf16", "failed"), ("bf16", "failed"), ("fp32", "passed"), ("fp32", "passed")]
+
+
+def test_keyboard_interrupt_keeps_finished_records(pytester, tiny_model_dir):
+    pytester.makepyfile("""
+        def test_speed(quantbench):
+            if quantbench.case.precision.name == "bf16":
+                raise KeyboardInterrupt
+            quantbench.measure(max_new_tokens=4)
+    """)
+    result = pytester.runpytest_subprocess(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=fp32,bf16",
+                                           "--qb-decoding=greedy", *FAST)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    finished = journal_records(pytester)
+    assert [(r["precision"], r["outcome"]) for r in finished] == [("fp32", "passed")]
+    assert finished[0]["metrics"]["tokens_per_s"] > 0
+    journal = pytester.path / ".quantbench" / "quantbench.jsonl"
+    assert main(["report", str(journal), "--from-journal", "--out", str(pytester.path / "rebuilt")]) == 0
+    rebuilt = json.loads((pytester.path / "rebuilt" / "quantbench.json").read_text())
+    assert [r["precision"] for r in rebuilt["records"]] == ["fp32"]
+
+
+def test_killed_xdist_worker_loses_nothing_finished(pytester, tiny_model_dir):
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed")
+    pytester.makepyfile("""
+        import os, signal
+
+        def test_speed(quantbench):
+            if quantbench.case.precision.name == "bf16":
+                os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-test, as under the OOM killer
+            quantbench.measure(max_new_tokens=4)
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", f"--qb-model=tiny={tiny_model_dir}",
+                                           "--qb-precision=fp32,bf16", "--qb-decoding=greedy,beam2", *FAST)
+    result.stdout.fnmatch_lines(["*worker*crashed*"])
+    for records in (journal_records(pytester),
+                    json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"]):
+        passed = sorted(r["decoding"] for r in records if r["precision"] == "fp32" and r["outcome"] == "passed")
+        assert passed == ["beam2", "greedy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from . import thresholds as threshold_checks
@@ -9,6 +11,15 @@ from .models import ModelHandle
 from .results import Record
 from .session import Case, QuantbenchSession
 from .settings import Thresholds
+
+
+def _device_counts(model) -> dict[str, int]:
+    """How many modules went to each device (a model spread with device_map="auto" has several)."""
+    counts: dict[str, int] = {}
+    for place in (getattr(model, "hf_device_map", None) or {"": str(model.device)}).values():
+        counts[str(place)] = counts.get(str(place), 0) + 1
+    return counts
+
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 
@@ -40,7 +51,9 @@ class QuantBenchmark:
             self.record.metrics.setdefault("load_s", self._handle.load_s)
             self.record.metrics.setdefault("footprint_mb", self._handle.footprint_mb)
             self.record.model_info = {"source": self._handle.source, "family": self._handle.family,
-                                      "precision_params": self.case.precision.params(self.settings.device)}
+                                      "precision_params": self.case.precision.params(self.settings.device),
+                                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                      "device_map": _device_counts(self._handle.model)}
         return self._handle
 
     def release(self) -> None:

@@ -201,9 +201,15 @@ class ModelHandle:
 
     def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 40) -> list[list[str]]:
         """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
+        from tqdm import tqdm
+
         per_batch = max(1, batch_size // decoding.num_responses)
         responses: list[list[str]] = []
-        for start in range(0, len(prompts), per_batch):
+        # Progress goes to the real terminal (pytest captures sys.stderr), and only when it is one.
+        starts = tqdm(range(0, len(prompts), per_batch), desc=f"{self.spec.name} {self.precision.name} "
+                      f"{decoding.name}", unit="batch", leave=False, file=sys.__stderr__,
+                      disable=not (sys.__stderr__ and sys.__stderr__.isatty()))
+        for start in starts:
             chunk = [self.format_prompt(p) for p in prompts[start : start + per_batch]]
             inputs = self.encode(chunk)
             output = self.generate_ids(inputs, decoding, max_new_tokens)
@@ -223,8 +229,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
 
 
-def load_model(spec: ModelSpec, precision, device: str) -> ModelHandle:
-    """Load `spec` in `precision` on `device`; ModelLoadError with the reason when that fails."""
+def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> ModelHandle:
+    """Load `spec` in `precision` on `device` (or spread by `device_map`, e.g. "auto" over several GPUs);
+    ModelLoadError with the reason when that fails."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -240,7 +247,8 @@ def load_model(spec: ModelSpec, precision, device: str) -> ModelHandle:
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device}, **precision.load_kwargs(device))
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map or {"": device},
+                                                     **precision.load_kwargs(device))
         model.eval()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -260,8 +268,9 @@ def load_model(spec: ModelSpec, precision, device: str) -> ModelHandle:
 class ModelCache:
     """Holds one loaded (model, precision) at a time; a load failure is remembered so its other tests fail fast."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, device_map=None):
         self.device = device
+        self.device_map = device_map
         self.key: tuple[str, str] | None = None
         self.handle: ModelHandle | None = None
         self.error: ModelLoadError | None = None
@@ -273,7 +282,7 @@ class ModelCache:
             self.release()
             self.key = key
             try:
-                self.handle = load_model(spec, precision, self.device)
+                self.handle = load_model(spec, precision, self.device, self.device_map)
                 self.loads += 1
             except ModelLoadError as error:
                 self.error = error

@@ -38,6 +38,7 @@ def pytest_configure(config):
         check_names(config)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+    _pin_worker_gpus(config)
     config.stash[SESSION] = QuantbenchSession(config)
     config.pluginmanager.register(SessionHooks(config), "quantbench-session")
 
@@ -53,6 +54,28 @@ def pytest_xdist_make_scheduler(config, log):
     settings = config.stash[SESSION].settings
     groups = [f"{resolve_model(m).name}-{p}" for m in settings.models for p in settings.precisions]
     return ModelPrecisionScheduling(config, log, groups)
+
+
+def _pin_worker_gpus(config) -> None:
+    """Under xdist with GPUs, give each worker its own block of GPUs before anything initializes CUDA."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    workers = getattr(config.option, "numprocesses", None) or 0
+    device = (config.getoption("qb_device") or config.getini("qb_device") or "auto").lower()
+    if device == "cpu" or (worker is None and not workers):
+        return
+    from .gpus import visible_gpus, worker_gpus
+
+    gpus = visible_gpus()
+    if not gpus:
+        return  # no GPU here: cuda cases skip with their own reason
+    per_worker = int(config.getoption("qb_gpus_per_worker") or config.getini("qb_gpus_per_worker") or 1)
+    try:
+        if worker is None:  # the controller checks that every worker will get its GPUs
+            worker_gpus(f"gw{int(workers) - 1}", per_worker, gpus)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(worker, per_worker, gpus))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def _version(name: str) -> str:

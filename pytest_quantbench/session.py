@@ -70,7 +70,8 @@ class QuantbenchSession:
     @property
     def cache(self) -> ModelCache:
         if self._cache is None:
-            self._cache = ModelCache(self.settings.device)
+            several_gpus = self.settings.device == "cuda" and self.settings.gpus_per_worker > 1
+            self._cache = ModelCache(self.settings.device, "auto" if several_gpus else None)
         return self._cache
 
     def cases(self, models=None, precisions=None, decodings=None) -> list[Case]:

@@ -38,6 +38,8 @@ OPTIONS = [
     ("--qb-fail-on", "qb_fail_on", "regression tolerances, e.g. ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt",
      "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"),
     ("--qb-force-baseline", "qb_force_baseline", "compare with a baseline measured on another device model", None),
+    ("--qb-gpus-per-worker", "qb_gpus_per_worker", ("GPUs each pytest-xdist worker owns (CUDA_VISIBLE_DEVICES); "
+     "with more than one, models spread over them with device_map=auto"), "1"),
 ]
 
 
@@ -90,6 +92,7 @@ class Settings:
     save_baseline_file: Path | None = None
     fail_on: dict = dataclasses.field(default_factory=dict)  # metric -> regression.Tolerance
     force_baseline: bool = False
+    gpus_per_worker: int = 1
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -199,4 +202,5 @@ def read_settings(config) -> Settings:
         save_baseline_file=Path(get("qb_save_baseline")) if get("qb_save_baseline") else None,
         fail_on=parse_tolerances(get("qb_fail_on") or ""),
         force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
+        gpus_per_worker=max(1, _positive_int("--qb-gpus-per-worker", get("qb_gpus_per_worker"))),
     )

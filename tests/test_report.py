@@ -53,3 +53,14 @@ def test_write_reports_adds_csv_and_plots(tmp_path):
     assert list(csv["precision"]) == ["fp32", "nf4"] and list(csv["acc:simple"]) == [60.0, 40.0]
     assert all(p.stat().st_size > 1000 for p in paths if p.suffix == ".png")
     assert "## Recommendations" in (tmp_path / "quantbench.md").read_text()
+
+
+def test_write_reports_adds_interactive_page(tmp_path):
+    pytest.importorskip("plotly", reason="the HTML page needs the html extra")
+    records = [Record(f"t::t[m-{p}-greedy]", "m", p, "greedy", "cpu",
+                      metrics={"footprint_mb": f, "tokens_per_s": t, "peak_mem_mb": f + 300},
+                      accuracy_pct={"simple": a})
+               for p, f, t, a in [("fp32", 500.0, 20.0, 60.0), ("nf4", 150.0, 15.0, 40.0)]]
+    write_reports(records, tmp_path, "pytest benchmarks")
+    page = (tmp_path / "quantbench.html").read_text()
+    assert page.count("Plotly.newPlot") == 3 and "Accuracy against model footprint" in page

@@ -11,7 +11,7 @@ from . import records_frame
 from .markdown import render, summary_frame
 from .plots import write_plots
 
-JSON_NAME, MARKDOWN_NAME, CSV_NAME = "quantbench.json", "quantbench.md", "quantbench.csv"
+JSON_NAME, MARKDOWN_NAME, CSV_NAME, HTML_NAME = "quantbench.json", "quantbench.md", "quantbench.csv", "quantbench.html"
 
 
 def models_info(records: list[Record]) -> dict[str, dict]:
@@ -41,4 +41,8 @@ def write_reports(records: list[Record], report_dir: Path, command: str, env: di
         paths.append(csv_path)
         if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
             paths += write_plots(summary_frame(frame), Path(report_dir) / "plots")
+        if importlib.util.find_spec("plotly") is not None:  # so is the interactive page
+            from .html import write_html
+
+            paths.append(write_html(frame, summary_frame(frame), Path(report_dir) / HTML_NAME))
     return paths

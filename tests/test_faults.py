@@ -35,8 +35,9 @@ def test_out_of_memory_fails_only_its_case(pytester, tiny_model_dir):
         transformers.AutoModelForCausalLM.from_pretrained = from_pretrained
     """)
     pytester.makepyfile(SPEED_TEST)
-    result = pytester.runpytest(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=bf16,fp32",
-                                "--qb-decoding=greedy,beam2", *FAST)
+    # In a subprocess: the patched loader must not leak into other in-process sessions.
+    result = pytester.runpytest_subprocess(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=bf16,fp32",
+                                           "--qb-decoding=greedy,beam2", *FAST)
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*out of memory loading tiny in bf16 on cpu: CUDA out of memory*"])
     records = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"]

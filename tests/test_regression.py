@@ -118,3 +118,23 @@ def test_corrupt_baseline_is_a_usage_error(pytester, tiny_model_dir):
     result = pytester.runpytest(f"--qb-model=tiny={tiny_model_dir}", "--qb-baseline=broken.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*broken.json: not a readable quantbench report*"])
+
+
+def test_step_summary_gets_the_markdown(pytester, tiny_model_dir, monkeypatch):
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makepyfile(GATED)
+    pytester.runpytest(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=fp32", "--qb-decoding=greedy",
+                       "--qb-repeats=1", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert "# quantbench report" in summary.read_text() and "## By precision" in summary.read_text()
+
+
+def test_cli_on_the_committed_cpu_report(tmp_path, capsys):
+    from pathlib import Path
+
+    report = Path(__file__).parent.parent / "docs" / "results" / "cpu" / "quantbench.json"
+    assert main(["report", str(report), "--out", str(tmp_path)]) == 0
+    assert "## Recommendations" in (tmp_path / "quantbench.md").read_text()
+    assert main(["compare", str(report), str(report)]) == 0
+    assert "0 regressions" in capsys.readouterr().out
+    assert main(["merge", str(report), str(report), "--out", str(tmp_path / "m")]) == 0

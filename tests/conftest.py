@@ -46,3 +46,22 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+SLOWABLE_SPEED_TEST = """
+import os, time
+
+def test_speed(quantbench):
+    delay = float(os.environ.get("QB_TEST_SLOW", "0"))
+    if delay:  # a deliberately slowed case: every forward pass sleeps `delay` seconds
+        model = quantbench.model.model
+        forward = model.forward
+        model.forward = lambda *a, **k: (time.sleep(delay), forward(*a, **k))[1]
+    quantbench.measure(max_new_tokens=4)
+"""
+
+
+@pytest.fixture
+def slowable_speed_test(pytester):
+    """Writes a speed test that QB_TEST_SLOW=<seconds> slows down at every forward pass."""
+    return pytester.makepyfile(SLOWABLE_SPEED_TEST)

@@ -39,12 +39,15 @@ def test_recommendations():
     assert lines[3].startswith("- **Best overall balance**: m nf4 (mean normalized score 0.6")
 
 
+def two_records() -> list[Record]:
+    return [Record(f"t::t[m-{p}-greedy]", "m", p, "greedy", "cpu",
+                   metrics={"footprint_mb": f, "tokens_per_s": t, "peak_mem_mb": f + 300}, accuracy_pct={"simple": a})
+            for p, f, t, a in [("fp32", 500.0, 20.0, 60.0), ("nf4", 150.0, 15.0, 40.0)]]
+
+
 def test_write_reports_adds_csv_and_plots(tmp_path):
     pytest.importorskip("matplotlib", reason="plots need the matplotlib extra")
-    records = [Record(f"t::t[m-{p}-greedy]", "m", p, "greedy", "cpu",
-                      metrics={"footprint_mb": f, "tokens_per_s": t, "peak_mem_mb": f + 300},
-                      accuracy_pct={"simple": a})
-               for p, f, t, a in [("fp32", 500.0, 20.0, 60.0), ("nf4", 150.0, 15.0, 40.0)]]
+    records = two_records()
     paths = write_reports(records, tmp_path, "pytest benchmarks")
     names = {p.name for p in paths}
     assert {"quantbench.json", "quantbench.md", "quantbench.csv", "footprint_mb.png", "tokens_per_s.png",
@@ -57,10 +60,7 @@ def test_write_reports_adds_csv_and_plots(tmp_path):
 
 def test_write_reports_adds_interactive_page(tmp_path):
     pytest.importorskip("plotly", reason="the HTML page needs the html extra")
-    records = [Record(f"t::t[m-{p}-greedy]", "m", p, "greedy", "cpu",
-                      metrics={"footprint_mb": f, "tokens_per_s": t, "peak_mem_mb": f + 300},
-                      accuracy_pct={"simple": a})
-               for p, f, t, a in [("fp32", 500.0, 20.0, 60.0), ("nf4", 150.0, 15.0, 40.0)]]
+    records = two_records()
     write_reports(records, tmp_path, "pytest benchmarks")
     page = (tmp_path / "quantbench.html").read_text()
     assert page.count("Plotly.newPlot") == 3 and "Accuracy against model footprint" in page

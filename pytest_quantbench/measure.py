@@ -143,29 +143,52 @@ def model_footprint_mb(model) -> float:
     return total / MB
 
 
+class StepClock:
+    """A logits processor that timestamps every decoding step (it is called once per step, after the forward pass,
+    for greedy, sampling and beam search alike); on CUDA it synchronizes first, so a stamp means the step finished."""
+
+    def __init__(self, device: str):
+        self.cuda = _cuda_ready(device)
+        self.stamps: list[float] = []
+
+    def now(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(self.now())
+        return scores
+
+
 def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmup: int, repeats: int) -> dict:
     """Time one prompt under one decoding: time to first token, end-to-end latency, decode ms/token, tokens/s.
 
-    Time to first token is a generation of exactly one token (prefill + first step); the full run generates exactly
-    `max_new_tokens` (end-of-sequence suppressed), so decode ms/token = (latency - ttft) / (max_new_tokens - 1) is
-    comparable across precisions. tokens/s counts every returned sequence (20 for `sample`).
+    Each run generates exactly `max_new_tokens` (end-of-sequence suppressed) with a StepClock inside `generate`:
+    time to first token is start -> first step (prefill and the first token's logits), decode ms/token the mean
+    interval between later steps, so prefill and decode are separated within one run. tokens/s counts every returned
+    sequence (20 for `sample`) over the end-to-end latency.
     """
     device = handle.device
     inputs = handle.encode([prompt])
 
-    def timed(new_tokens: int) -> float:
-        with Timer(device) as timer:
-            handle.generate_ids(inputs, decoding, new_tokens, exact_length=True)
-        return timer.seconds
+    def run(new_tokens: int) -> tuple[float, float, float]:
+        clock = StepClock(device)
+        start = clock.now()
+        handle.generate_ids(inputs, decoding, new_tokens, exact_length=True, logits_processor=[clock])
+        end = clock.now()
+        steps = clock.stamps
+        decode = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
+        return steps[0] - start, end - start, decode
 
     for _ in range(warmup):  # allocator, kernels and caches warm after a short run; a full one adds nothing
-        timed(min(4, max_new_tokens))
+        run(min(4, max_new_tokens))
     with MemoryTracker(device) as memory:
-        ttft = [timed(1) for _ in range(repeats)]
-        latency = [timed(max_new_tokens) for _ in range(repeats)]
-    decode = [(total - first) / (max_new_tokens - 1) for total, first in zip(latency, ttft)]
+        ttft, latency, decode = zip(*(run(max_new_tokens) for _ in range(repeats)))
     tokens = max_new_tokens * decoding.num_responses
-    stats_ttft, stats_latency, stats_decode = summarize(ttft), summarize(latency), summarize(decode)
+    stats_ttft, stats_latency, stats_decode = summarize(list(ttft)), summarize(list(latency)), summarize(list(decode))
     return {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "new_tokens": max_new_tokens,
@@ -174,7 +197,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         "ttft_ms": stats_ttft["median"] * 1000,
         "latency_ms": stats_latency["median"] * 1000,
         "latency_iqr_ms": stats_latency["iqr"] * 1000,
-        "ms_per_token": max(stats_decode["median"], 0.0) * 1000,
+        "ms_per_token": stats_decode["median"] * 1000,
         "ms_per_token_iqr": stats_decode["iqr"] * 1000,
         "ms_per_token_cv": stats_decode["cv"],
         "tokens_per_s": tokens / stats_latency["median"],

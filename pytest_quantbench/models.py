@@ -188,10 +188,13 @@ class ModelHandle:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch.to(self.model.device)
 
-    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False):
+    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None):
         import torch
+        from transformers import LogitsProcessorList
 
         kwargs = decoding.kwargs()
+        if logits_processor:
+            kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
         if exact_length:
             kwargs["min_new_tokens"] = max_new_tokens
         with torch.inference_mode():

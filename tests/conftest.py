@@ -65,3 +65,21 @@ def test_speed(quantbench):
 def slowable_speed_test(pytester):
     """Writes a speed test that QB_TEST_SLOW=<seconds> slows down at every forward pass."""
     return pytester.makepyfile(SLOWABLE_SPEED_TEST)
+
+
+@pytest.fixture
+def check_gate(pytester, monkeypatch, slowable_speed_test):
+    """Save a baseline of the slowable speed test, pass an identical rerun, fail a rerun slowed by `delay_s`."""
+
+    def check(model_arg: str, tolerance_ms: int, delay_s: float, run) -> None:
+        args = [model_arg, "--qb-precision=fp32", "--qb-decoding=greedy", "--qb-repeats=3", "--qb-warmup=1",
+                "-p", "no:cacheprovider"]
+        run(*args, "--qb-save-baseline=base.json").assert_outcomes(passed=1)
+        gate = ("--qb-baseline=base.json", f"--qb-fail-on=ms_per_token:{tolerance_ms},footprint_mb:1%")
+        run(*args, *gate).assert_outcomes(passed=1)
+        monkeypatch.setenv("QB_TEST_SLOW", str(delay_s))
+        slowed = run(*args, *gate)
+        slowed.assert_outcomes(failed=1)
+        slowed.stdout.fnmatch_lines([f"*ms_per_token * vs baseline * regression (tolerance {tolerance_ms}*"])
+
+    return check

@@ -126,80 +126,226 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ordered), "iqr": q3 - q1, "cv": cv, "min": ordered[0], "max": ordered[-1]}
 
 
+def _plain_tensors(tensor):
+    """The plain tensors behind `tensor`: itself, or a tensor subclass's inner tensors (torchao packs quantized
+    weights into subclasses whose own storage is not real memory)."""
+    import torch
+
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
+        for name in tensor.__tensor_flatten__()[0]:
+            yield from _plain_tensors(getattr(tensor, name))
+    else:
+        yield tensor
+
+
 def model_footprint_mb(model) -> float:
-    """Bytes the model's parameters and buffers really occupy (shared storages counted once).
+    """Bytes the model's parameters and buffers really occupy (shared storages counted once; tensors on the meta
+    device, offloaded to disk, count nothing).
 
     Read from the tensors' storage rather than `get_memory_footprint()`, which misreports some quantized layouts.
     """
     seen: set[tuple[str, int]] = set()
     total = 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += storage.nbytes()
+    for outer in list(model.parameters()) + list(model.buffers()):
+        for tensor in _plain_tensors(outer.data):
+            if tensor.device.type == "meta":
+                continue
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key in seen:
+                continue
+            seen.add(key)
+            total += storage.nbytes()
     return total / MB
 
 
 class StepClock:
-    """A logits processor that timestamps every decoding step (it is called once per step, after the forward pass,
-    for greedy, sampling and beam search alike); on CUDA it synchronizes first, so a stamp means the step finished."""
+    """A logits processor that marks every decoding step (it is called once per step, after the forward pass, for
+    greedy, sampling and beam search alike). On CUDA a mark is a CUDA event on the current stream, so marking never
+    synchronizes the device and the step times are the device's own; on CPU a mark is a perf_counter reading."""
 
     def __init__(self, device: str):
         self.cuda = _cuda_ready(device)
-        self.stamps: list[float] = []
+        self.marks: list = []
 
-    def now(self) -> float:
+    def mark(self) -> None:
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def __call__(self, input_ids, scores):
+        self.mark()
+        return scores
+
+    def seconds(self) -> list[float]:
+        """Every mark's time in seconds after the first one."""
         if self.cuda:
             import torch
 
             torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def __call__(self, input_ids, scores):
-        self.stamps.append(self.now())
-        return scores
+            return [self.marks[0].elapsed_time(m) / 1000 for m in self.marks]
+        return [m - self.marks[0] for m in self.marks]
 
 
-def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmup: int, repeats: int) -> dict:
-    """Time one prompt under one decoding: time to first token, end-to-end latency, decode ms/token, tokens/s.
+def timed_generation(handle, inputs, decoding, new_tokens: int) -> tuple[float, float, float]:
+    """One generation of exactly `new_tokens`: (time to first token, end-to-end latency, decode s/token).
 
-    Each run generates exactly `max_new_tokens` (end-of-sequence suppressed) with a StepClock inside `generate`:
-    time to first token is start -> first step (prefill and the first token's logits), decode ms/token the mean
-    interval between later steps, so prefill and decode are separated within one run. tokens/s counts every returned
-    sequence (20 for `sample`) over the end-to-end latency.
+    Marks: start, one per step, end. Time to first token is start -> first step (prefill and the first token's
+    logits); decode s/token is the mean interval between later steps.
+    """
+    clock = StepClock(handle.device)
+    clock.mark()
+    handle.generate_ids(inputs, decoding, new_tokens, exact_length=True, logits_processor=[clock])
+    clock.mark()
+    times = clock.seconds()
+    steps = times[1:-1]
+    decode = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
+    return steps[0], times[-1], decode
+
+
+def repeat_until_stable(run, min_repeats: int, max_repeats: int, target_cv: float, max_time_s: float,
+                        key=lambda result: result) -> list:
+    """Call `run()` at least `min_repeats` times, then until the coefficient of variation of `key(result)` is at most
+    `target_cv`, `max_repeats` results are in, or `max_time_s` has passed (pytest-benchmark's calibration idea)."""
+    results: list = []
+    start = time.perf_counter()
+    while len(results) < max(min_repeats, max_repeats):
+        results.append(run())
+        if len(results) < min_repeats:
+            continue
+        values = [key(r) for r in results]
+        if summarize(values)["cv"] <= target_cv or time.perf_counter() - start >= max_time_s:
+            break
+        if len(results) >= max_repeats:
+            break
+    return results
+
+
+def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmup: int, repeats: int,
+                       max_repeats: int | None = None, target_cv: float = 0.0, max_time_s: float = 0.0,
+                       on_results=None) -> dict:
+    """Time one prompt under one decoding: time to first token, end-to-end latency, decode ms/token, tokens/s,
+    memory, and memory-bandwidth utilization.
+
+    Each run generates exactly `max_new_tokens` (end-of-sequence suppressed). Runs repeat from `repeats` up to
+    `max_repeats` until decode ms/token varies less than `target_cv` (or `max_time_s` is spent); `unstable` says
+    when it never did. tokens/s counts every returned sequence (20 for `sample`) over the end-to-end latency;
+    decode_tokens_per_s over the decode steps alone. `on_results(latencies)` receives the raw end-to-end seconds
+    (pytest-benchmark's statistics are fed from it).
     """
     device = handle.device
     inputs = handle.encode([prompt])
 
-    def run(new_tokens: int) -> tuple[float, float, float]:
-        clock = StepClock(device)
-        start = clock.now()
-        handle.generate_ids(inputs, decoding, new_tokens, exact_length=True, logits_processor=[clock])
-        end = clock.now()
-        steps = clock.stamps
-        decode = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
-        return steps[0] - start, end - start, decode
+    def run():
+        return timed_generation(handle, inputs, decoding, max_new_tokens)
 
-    for _ in range(warmup):  # allocator, kernels and caches warm after a short run; a full one adds nothing
-        run(min(4, max_new_tokens))
+    for _ in range(warmup):  # full-length runs: GPU clocks and allocator settle, kernels are chosen
+        run()
     with MemoryTracker(device) as memory:
-        ttft, latency, decode = zip(*(run(max_new_tokens) for _ in range(repeats)))
-    tokens = max_new_tokens * decoding.num_responses
-    stats_ttft, stats_latency, stats_decode = summarize(list(ttft)), summarize(list(latency)), summarize(list(decode))
-    return {
+        results = repeat_until_stable(run, repeats, max_repeats or repeats, target_cv, max_time_s,
+                                      key=lambda r: r[2])
+    ttft, latency, decode = (list(values) for values in zip(*results))
+    if on_results is not None:
+        on_results(latency)
+    stats_ttft, stats_latency, stats_decode = summarize(ttft), summarize(latency), summarize(decode)
+    sequences = decoding.num_responses
+    metrics = {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "new_tokens": max_new_tokens,
-        "sequences": decoding.num_responses,
-        "repeats": repeats,
+        "sequences": sequences,
+        "repeats": len(results),
         "ttft_ms": stats_ttft["median"] * 1000,
         "latency_ms": stats_latency["median"] * 1000,
         "latency_iqr_ms": stats_latency["iqr"] * 1000,
+        "latency_cv": stats_latency["cv"],
         "ms_per_token": stats_decode["median"] * 1000,
         "ms_per_token_iqr": stats_decode["iqr"] * 1000,
         "ms_per_token_cv": stats_decode["cv"],
-        "tokens_per_s": tokens / stats_latency["median"],
+        "unstable": bool(target_cv and stats_decode["cv"] > target_cv),
+        "tokens_per_s": max_new_tokens * sequences / stats_latency["median"],
+        "decode_tokens_per_s": sequences / stats_decode["median"] if stats_decode["median"] else 0.0,
         **memory.metrics,
+    }
+    metrics.update(bandwidth_metrics(handle, decoding, metrics))
+    return metrics
+
+
+# Peak memory bandwidth from vendor data sheets, GB/s, for context next to the measured figure.
+DOCUMENTED_BANDWIDTH_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800,
+                             "A100-SXM4-80GB": 2039, "A100-SXM4-40GB": 1555, "A100 80GB PCIe": 1935, "L4": 300,
+                             "L40S": 864, "A10G": 600, "RTX 4090": 1008}
+_bandwidth_cache: dict[str, float] = {}
+
+
+def copy_bandwidth_gbps(device: str) -> float:
+    """Achievable memory bandwidth, measured: bytes read + written by repeated large copies, per second (GB/s)."""
+    if device in _bandwidth_cache:
+        return _bandwidth_cache[device]
+    import torch
+
+    cuda = _cuda_ready(device)
+    size = (1 << 30) if cuda else (1 << 28)
+    source = torch.empty(size, dtype=torch.uint8, device="cuda" if cuda else "cpu")
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm: pages touched, kernels loaded
+    rounds = 20 if cuda else 5
+    with Timer(device) as timer:
+        for _ in range(rounds):
+            target.copy_(source)
+    del source, target
+    _bandwidth_cache[device] = 2 * size * rounds / timer.seconds / 1e9
+    return _bandwidth_cache[device]
+
+
+def documented_bandwidth_gbps(device_name: str) -> float | None:
+    return next((gbps for key, gbps in DOCUMENTED_BANDWIDTH_GBPS.items() if key.lower() in device_name.lower()), None)
+
+
+def decode_bytes_per_step(model, sequences: int, context_tokens: int) -> float | None:
+    """Bytes one decoding step must read: every weight once (the input embedding only by the rows it looks up, so it
+    is left out unless it doubles as the output head) plus the KV cache of `sequences` sequences at `context_tokens`."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if config is None or not layers or not heads:
+        return None
+    weights = model_footprint_mb(model) * MB
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embedding is not None and (output is None or output.weight is not embedding.weight):
+        weights -= embedding.weight.numel() * embedding.weight.element_size()
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_element = embedding.weight.element_size() if embedding is not None else 2
+    kv = 2 * layers * kv_heads * head_dim * kv_element * context_tokens * sequences
+    return weights + kv
+
+
+def bandwidth_metrics(handle, decoding, metrics: dict) -> dict:
+    """Memory-bandwidth utilization (MBU) of decoding and the roofline decode tokens/s the bandwidth allows."""
+    sequences = metrics["sequences"] * decoding.generate_kwargs.get("num_beams", 1)
+    context = metrics["prompt_tokens"] + metrics["new_tokens"] / 2  # mean context over the decode steps
+    step_bytes = decode_bytes_per_step(handle.model, sequences, int(context))
+    step_s = metrics["ms_per_token"] / 1000
+    if step_bytes is None or step_s <= 0:
+        return {}
+    bandwidth = copy_bandwidth_gbps(handle.device)
+    documented = None
+    if _cuda_ready(handle.device):
+        import torch
+
+        documented = documented_bandwidth_gbps(torch.cuda.get_device_name())
+    roofline_steps_per_s = bandwidth * 1e9 / step_bytes
+    return {
+        "bytes_per_step_mb": step_bytes / MB,
+        "bandwidth_gbps": bandwidth,
+        "bandwidth_source": "measured copy",
+        "bandwidth_documented_gbps": documented,
+        "mbu": step_bytes / step_s / (bandwidth * 1e9),
+        "roofline_tokens_per_s": roofline_steps_per_s * metrics["sequences"],
     }

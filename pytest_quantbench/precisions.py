@@ -1,8 +1,15 @@
 """Precision registry: a name -> how to load a model in it, and whether it can run here.
 
 Adding a precision is one `register(Precision(...))` call (or an entry point in the group
-`pytest_quantbench.precisions` pointing at a Precision). Names take optional suffixes where the entry allows them:
-`@<dtype>` sets the compute dtype (nf4@fp16), `+dq` turns on double quantization (nf4+dq, nf4@fp16+dq).
+`pytest_quantbench.precisions` pointing at a Precision). A name is `base[@arg][+flag...]`: what `@arg` means is the
+entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits and group size for gptq@4b64g), and
+`+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order).
+
+An entry loads in up to three steps, each optional:
+  prepare(precision, source_dir, device) -> a directory to load instead (e.g. GPTQ quantized once and cached on disk)
+  build(precision, device) -> from_pretrained keyword arguments (dtype, quantization_config)
+  placement(precision, checkpoint, device) -> device_map and max_memory read off the checkpoint (offload)
+  after_load(precision, model, device) -> the model quantized in place after loading (e.g. HQQ)
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -24,10 +33,31 @@ class Precision:
     build: Callable[[Precision, str], dict]  # (precision, device) -> from_pretrained kwargs
     requires: tuple[str, ...] = ()  # importable modules the precision needs
     needs_cuda: bool = False
-    accepts_compute_dtype: bool = False
-    accepts_double_quant: bool = False
-    compute_dtype: str | None = None  # set by the @dtype suffix; None means the device's default
-    double_quant: bool = False
+    check: Callable[[Precision, str], str | None] | None = None  # a further reason it cannot run (e.g. GPU too old)
+    arg_help: str = ""  # what '@arg' takes, shown in the list of valid names
+    parse_arg: Callable[[str], dict] | None = None  # '@arg' -> option values; ValueError when invalid
+    flags: tuple[str, ...] = ()  # '+flag' names this entry accepts
+    options: tuple[tuple[str, Any], ...] = ()  # defaults, then what '@arg' and '+flag' set
+    prepare: Callable[[Precision, Path, str], Path] | None = None
+    placement: Callable[[Precision, Path, str], dict] | None = None  # device_map/max_memory from the checkpoint
+    after_load: Callable[[Precision, Any, str], Any] | None = None
+    compiles: bool = True  # False where the kernels break torch.compile graphs (compiled decode mode)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    @property
+    def compute_dtype(self) -> str | None:
+        """Set by the @dtype suffix; None means the device's default."""
+        return self.option("compute_dtype")
+
+    @property
+    def double_quant(self) -> bool:
+        return bool(self.option("dq", False))
+
+    @property
+    def accepts_compute_dtype(self) -> bool:
+        return self.parse_arg is _parse_compute_dtype
 
     def why_unavailable(self, device: str) -> str | None:
         """A reason this precision cannot run on `device`, or None when it can."""
@@ -36,18 +66,19 @@ class Precision:
             return f"{self.name} needs the python package(s) {', '.join(missing)} ({self.library}): not installed"
         if self.needs_cuda and device != "cuda":
             return f"{self.name} needs a CUDA GPU; device is {device}"
-        return None
+        return self.check(self, device) if self.check else None
 
     def load_kwargs(self, device: str) -> dict:
         return self.build(self, device)
 
     def params(self, device: str) -> dict:
         """What the report records about this precision beyond its name."""
-        out = {"library": self.library}
+        out: dict[str, Any] = {"library": self.library}
         if self.accepts_compute_dtype:
             out["compute_dtype"] = self.resolved_compute_dtype(device)
-        if self.accepts_double_quant:
-            out["double_quant"] = self.double_quant
+        out.update((k, v) for k, v in self.options if k != "compute_dtype")
+        if "dq" in self.flags:
+            out["double_quant"] = out.pop("dq", False)
         return out
 
     def resolved_compute_dtype(self, device: str) -> str:
@@ -60,6 +91,20 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
+def _parse_compute_dtype(arg: str) -> dict:
+    if arg not in DTYPES:
+        raise ValueError(f"unknown compute dtype {arg!r}; valid: {', '.join(DTYPES)}")
+    return {"compute_dtype": arg}
+
+
+def parse_size_mb(text: str) -> float:
+    """'2GB' -> 2048.0, '512MB' -> 512.0, '1.5G' -> 1536.0 (binary units, as accelerate's max_memory)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b?", text.strip().lower())
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (examples: 512MB, 2GB)")
+    return float(match[1]) * {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}[match[2]]
+
+
 def _plain(dtype: str) -> Callable[[Precision, str], dict]:
     return lambda precision, device: {"dtype": torch_dtype(dtype)}
 
@@ -67,7 +112,8 @@ def _plain(dtype: str) -> Callable[[Precision, str], dict]:
 def _bnb_int8(precision: Precision, device: str) -> dict:
     from transformers import BitsAndBytesConfig
 
-    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch_dtype("fp16" if device == "cuda" else "fp32")}
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+            "dtype": torch_dtype("fp16" if device == "cuda" else "fp32")}
 
 
 def _bnb_4bit(quant_type: str) -> Callable[[Precision, str], dict]:
@@ -87,6 +133,132 @@ def _bnb_4bit(quant_type: str) -> Callable[[Precision, str], dict]:
     return build
 
 
+def _torchao(kind: str) -> Callable[[Precision, str], dict]:
+    """torchao weight-only int8/int4 and fp8 through transformers' TorchAoConfig."""
+
+    def build(precision: Precision, device: str) -> dict:
+        import torchao.quantization as ao
+        from transformers import TorchAoConfig
+
+        group = precision.option("group_size")
+        if kind == "int8wo":
+            config = ao.Int8WeightOnlyConfig()
+        elif kind == "int4wo":
+            if device == "cuda":  # the default packing needs the `mslk` kernels (not installable); tinygemm's does not
+                config = ao.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+            else:  # torchao's CUDA int4 layouts do not run on a CPU; its CPU config stores int4 values one per byte
+                import torch
+                from torchao.quantization.granularity import PerGroup
+
+                config = ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group))
+        elif kind == "fp8":
+            config = ao.Float8WeightOnlyConfig()
+        else:
+            config = ao.Float8DynamicActivationFloat8WeightConfig(granularity=ao.PerRow())
+        return {"quantization_config": TorchAoConfig(quant_type=config),
+                "dtype": torch_dtype(precision.resolved_compute_dtype(device))}
+
+    return build
+
+
+def _needs_compute_capability(major: int, minor: int) -> Callable[[Precision, str], str | None]:
+    def check(precision: Precision, device: str) -> str | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"{precision.name} needs a CUDA GPU; none is visible"
+        capability = torch.cuda.get_device_capability()
+        if capability < (major, minor):
+            return (f"{precision.name} needs CUDA compute capability >= {major}.{minor} (Ada/Hopper); this GPU has "
+                    f"{capability[0]}.{capability[1]}")
+        return None
+
+    return check
+
+
+def _parse_offload(arg: str) -> dict:
+    return {"budget_mb": parse_size_mb(arg)}
+
+
+def _offload(precision: Precision, device: str) -> dict:
+    import tempfile
+
+    return {"offload_folder": tempfile.mkdtemp(prefix="quantbench-offload-"),
+            "dtype": torch_dtype(precision.resolved_compute_dtype(device))}
+
+
+def _offload_placement(precision: Precision, checkpoint: Path, device: str) -> dict:
+    """Big-model placement, done in order: embeddings, norms and head on the device (`generate` takes the model's
+    device from its first parameter, which must not be offloaded), then decoder blocks while `budget_mb` lasts,
+    the rest on the next tier (GPU -> CPU RAM; CPU, or GPU with +disk -> disk)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import compute_module_sizes
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    main = 0 if device == "cuda" else "cpu"
+    overflow = "disk" if device != "cuda" or precision.option("disk") else "cpu"
+    dtype = torch_dtype(precision.resolved_compute_dtype(device))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=dtype)
+    model.tie_weights()
+    sizes = compute_module_sizes(model, dtype=dtype)
+    block_types = set(model._no_split_modules or ())
+    blocks = [name for name, module in model.named_modules() if type(module).__name__ in block_types]
+    device_map: dict = {}
+    for name, module in model.named_modules():
+        inside = any(name == b or name.startswith(b + ".") for b in blocks)
+        owns = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+        if name and owns and not inside:
+            device_map[name] = main
+    used = sum(sizes[name] for name in device_map)
+    budget = precision.option("budget_mb") * 2**20
+    for name in blocks:
+        fits = used + sizes[name] <= budget
+        device_map[name] = main if fits else overflow
+        used += sizes[name] if fits else 0
+    return {"device_map": device_map}
+
+
+def _parse_bits_group(arg: str) -> dict:
+    """'4bit,g64' / '8bit' / 'g32' -> bits and group size."""
+    out: dict = {}
+    for token in arg.split(","):
+        if match := re.fullmatch(r"(\d)bit", token):
+            out["bits"] = int(match[1])
+        elif match := re.fullmatch(r"g(\d+)", token):
+            out["group_size"] = int(match[1])
+        else:
+            raise ValueError(f"unknown option {token!r}; expected <n>bit and/or g<group size>, e.g. @4bit,g64")
+    if out.get("bits", 4) not in (2, 3, 4, 8):
+        raise ValueError(f"bits must be 2, 3, 4 or 8, not {out['bits']}")
+    return out
+
+
+def _parse_group(arg: str) -> dict:
+    match = re.fullmatch(r"g(\d+)", arg)
+    if not match:
+        raise ValueError(f"expected a group size like @g64, not @{arg}")
+    return {"group_size": int(match[1])}
+
+
+def _gptqmodel(method: str) -> dict:
+    """Registry fields shared by GPTQ and AWQ: quantized once through GPTQModel, cached, loaded by transformers."""
+
+    def prepare(precision: Precision, source: Path, device: str) -> Path:
+        from .quantize import gptqmodel_checkpoint
+
+        return gptqmodel_checkpoint(method, precision, source, device)
+
+    def build(precision: Precision, device: str) -> dict:
+        from .quantize import gptqmodel_load_kwargs
+
+        return gptqmodel_load_kwargs(method, precision, device)
+
+    return {"prepare": prepare, "build": build,
+            "requires": ("gptqmodel", "optimum"), "library": "GPTQModel", "parse_arg": _parse_bits_group,
+            "arg_help": "[@<bits>bit,g<group>]", "compiles": False}
+
+
 REGISTRY: dict[str, Precision] = {}
 
 
@@ -98,11 +270,30 @@ def register(precision: Precision) -> Precision:
 for _dtype, _text in (("fp32", "32-bit float"), ("fp16", "16-bit float"), ("bf16", "bfloat16")):
     register(Precision(_dtype, "torch", _text, _plain(_dtype)))
 register(Precision("int8", "bitsandbytes", "LLM.int8(): 8-bit weights with fp16 outlier decomposition",
-                   _bnb_int8, requires=("bitsandbytes",)))
+                   _bnb_int8, requires=("bitsandbytes",), compiles=False))
 for _quant in ("nf4", "fp4"):
     register(Precision(_quant, "bitsandbytes", f"4-bit {_quant.upper()} weights (QLoRA-style), dequantized per matmul",
-                       _bnb_4bit(_quant), requires=("bitsandbytes",),
-                       accepts_compute_dtype=True, accepts_double_quant=True))
+                       _bnb_4bit(_quant), requires=("bitsandbytes",), parse_arg=_parse_compute_dtype,
+                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq",), compiles=False))
+_DTYPE_ARG = {"parse_arg": _parse_compute_dtype, "arg_help": "[@fp32|@fp16|@bf16]"}
+register(Precision("int8wo", "torchao", "int8 weight-only (per-channel scales), activations in the compute dtype",
+                   _torchao("int8wo"), requires=("torchao",), **_DTYPE_ARG))
+register(Precision("int4wo", "torchao", "int4 weight-only, grouped scales (tinygemm layout on CUDA; on CPU unpacked, one value per byte)",
+                   _torchao("int4wo"), requires=("torchao",), parse_arg=_parse_group, arg_help="[@g<group>]",
+                   options=(("group_size", 64),)))
+register(Precision("fp8", "torchao", "float8 (e4m3) weight-only, per-channel scales", _torchao("fp8"),
+                   requires=("torchao",), needs_cuda=True, check=_needs_compute_capability(8, 9), **_DTYPE_ARG))
+register(Precision("fp8dyn", "torchao", "float8 weights and dynamically quantized float8 activations (row-wise)",
+                   _torchao("fp8dyn"), requires=("torchao",), needs_cuda=True, check=_needs_compute_capability(8, 9),
+                   **_DTYPE_ARG))
+register(Precision("offload", "accelerate", "weights beyond a memory budget kept off the device (GPU -> CPU RAM, "
+                   "CPU -> disk; +disk sends a GPU run's overflow to disk)", _offload, parse_arg=_parse_offload,
+                   placement=_offload_placement,
+                   arg_help="@<size> (e.g. offload@2GB)", flags=("disk",), compiles=False))
+register(Precision("gptq", description="GPTQ (Frantar et al.): error-compensating int4 weight rounding, calibrated",
+                   flags=("desc", "asym"), options=(("bits", 4), ("group_size", 64)), **_gptqmodel("gptq")))
+register(Precision("awq", description="AWQ (Lin et al.): activation-aware int4 weight scaling, calibrated",
+                   options=(("bits", 4), ("group_size", 64)), **_gptqmodel("awq")))
 
 _entry_points_loaded = False
 
@@ -118,7 +309,7 @@ def _load_entry_points() -> None:
         register(entry.load())
 
 
-NAME_PATTERN = re.compile(r"^(?P<base>[a-z0-9_.-]+?)(?:@(?P<compute>[a-z0-9]+))?(?P<dq>\+dq)?$")
+NAME_PATTERN = re.compile(r"^(?P<base>[a-z0-9_.]+?)(?:@(?P<arg>[a-z0-9_.,]+))?(?P<flags>(?:\+[a-z0-9_]+)*)$")
 
 
 def parse_precision(name: str) -> Precision:
@@ -128,27 +319,27 @@ def parse_precision(name: str) -> Precision:
     entry = REGISTRY.get(match["base"]) if match else None
     if entry is None:
         raise ValueError(f"unknown precision {name!r}; valid: {', '.join(valid_names())}")
-    changes: dict = {"name": name.strip().lower()}
-    if match["compute"]:
-        if not entry.accepts_compute_dtype:
-            raise ValueError(f"precision {entry.name!r} takes no compute dtype (@{match['compute']})")
-        if match["compute"] not in DTYPES:
-            raise ValueError(f"unknown compute dtype {match['compute']!r} in {name!r}; valid: {', '.join(DTYPES)}")
-        changes["compute_dtype"] = match["compute"]
-    if match["dq"]:
-        if not entry.accepts_double_quant:
-            raise ValueError(f"precision {entry.name!r} has no double quantization (+dq)")
-        changes["double_quant"] = True
-    return dataclasses.replace(entry, **changes)
+    options = dict(entry.options)
+    if match["arg"]:
+        if entry.parse_arg is None:
+            raise ValueError(f"precision {entry.name!r} takes no @ argument (@{match['arg']})")
+        try:
+            options.update(entry.parse_arg(match["arg"]))
+        except ValueError as error:
+            raise ValueError(f"{name!r}: {error}") from None
+    elif entry.arg_help.startswith("@"):  # required argument
+        raise ValueError(f"precision {entry.name!r} needs an argument: {entry.name}{entry.arg_help}")
+    for flag in filter(None, match["flags"].split("+")):
+        if flag not in entry.flags:
+            accepted = ", ".join(f"+{f}" for f in entry.flags) or "none"
+            raise ValueError(f"precision {entry.name!r} has no +{flag} (accepted: {accepted})")
+        options[flag] = True
+    return dataclasses.replace(entry, name=name.strip().lower(), options=tuple(sorted(options.items())))
 
 
 def valid_names() -> list[str]:
     _load_entry_points()
-    names = []
-    for entry in REGISTRY.values():
-        suffix = ("[@fp32|@fp16|@bf16]" if entry.accepts_compute_dtype else "") + ("[+dq]" if entry.accepts_double_quant else "")
-        names.append(entry.name + suffix)
-    return names
+    return [entry.name + entry.arg_help + "".join(f"[+{f}]" for f in entry.flags) for entry in REGISTRY.values()]
 
 
-__all__ = ["REGISTRY", "Precision", "parse_precision", "register", "torch_dtype", "valid_names"]
+__all__ = ["REGISTRY", "Precision", "parse_precision", "parse_size_mb", "register", "torch_dtype", "valid_names"]

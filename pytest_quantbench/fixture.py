@@ -41,6 +41,8 @@ class QuantBenchmark:
                              decoding=case.decoding.name, device=self.settings.device, worker=session.worker,
                              device_name=session.device_name)
         self.baseline_accuracy_pct: dict[str, float] = {}
+        self.task_metrics: dict[str, dict] = {}  # task -> its result's metrics (stderr, chance level, perplexity)
+        self.baseline_task_metrics: dict[str, dict] = {}
         self._handle: ModelHandle | None = None
 
     @property
@@ -78,26 +80,36 @@ class QuantBenchmark:
         return metrics
 
     def evaluate(self, task_name: str, limit: int | None = None) -> float:
-        """Accuracy (percent) on a registered task; with an accuracy-drop threshold, the baseline's too."""
+        """Accuracy (percent) on a registered task, or for a task without accuracy its main metric (word perplexity);
+        with an accuracy-drop (perplexity-increase) threshold, the baseline's too. No data: the test is skipped."""
         from .precisions import parse_precision
-        from .tasks import get_task
+        from .tasks import DataUnavailable, get_task
 
         task = get_task(task_name)
         if self.settings.limit is not None:  # the command line wins over the test's own choice; 0 means all
             limit = self.settings.limit or None
         tokens = min(self.settings.max_new_tokens, getattr(task, "max_new_tokens", self.settings.max_new_tokens))
-        result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
-                                          tokens, handle=self.model)
-        self.record.accuracy_pct[task.name] = result.accuracy * 100
+        try:
+            result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
+                                              tokens, handle=self.model)
+        except DataUnavailable as error:
+            pytest.skip(f"{task.name}: {error}")
+        if result.accuracy is not None:  # a perplexity task has none: its metrics carry it
+            self.record.accuracy_pct[task.name] = result.accuracy * 100
+        self.task_metrics[task.name] = result.metrics
         self.record.task_details[task.name] = {"n": result.n, "metrics": result.metrics,
                                                "by_category_pct": {k: v * 100 for k, v in result.by_category.items()},
                                                "examples": result.examples}
-        if self.thresholds.max_accuracy_drop is not None and self.case.precision.name != self.baseline_precision:
+        gate = self.thresholds.max_accuracy_drop if result.accuracy is not None else \
+            self.thresholds.max_perplexity_increase
+        if gate is not None and self.case.precision.name != self.baseline_precision:
             self._handle = None  # let the cache free this model if the baseline must be loaded
             baseline = self.session.task_result(self.case.model, parse_precision(self.baseline_precision), task,
                                                 self.case.decoding, limit, tokens)
-            self.baseline_accuracy_pct[task.name] = baseline.accuracy * 100
-        return result.accuracy * 100
+            if baseline.accuracy is not None:
+                self.baseline_accuracy_pct[task.name] = baseline.accuracy * 100
+            self.baseline_task_metrics[task.name] = baseline.metrics
+        return result.accuracy * 100 if result.accuracy is not None else result.metrics[result.main_metric]
 
     def enforce_thresholds(self) -> None:
         """Check every applicable threshold; fail the test listing each one crossed."""
@@ -105,6 +117,7 @@ class QuantBenchmark:
             self.thresholds, self.record.metrics, self.case.precision.name,
             {t: v / 100 for t, v in self.record.accuracy_pct.items()}, self.baseline_precision,
             {t: v / 100 for t, v in self.baseline_accuracy_pct.items()},
+            task_metrics=self.task_metrics, baseline_task_metrics=self.baseline_task_metrics,
         )
         try:
             checks += self.session.regression_checks(self.record)

@@ -202,6 +202,25 @@ class ModelHandle:
                 **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
             )
 
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Per (context, continuation): (log p(continuation | context), is_greedy), batched (scoring.py); cached
+        on disk per model file, precision and library versions (score_cache.py)."""
+        from . import scoring
+        from .score_cache import cached
+
+        compute = lambda: scoring.loglikelihood(self.model, self.tokenizer, requests)
+        return [(float(lp), bool(greedy)) for lp, greedy in cached(self, "loglikelihood", requests, compute)]
+
+    def loglikelihood_rolling(self, texts: list[str], context_length: int | None = None,
+                              stride: int | None = None) -> list[tuple[float, int]]:
+        """Per text: (log p(text), tokens scored), windows of `context_length` tokens moving by `stride`."""
+        from . import scoring
+        from .score_cache import cached
+
+        compute = lambda: scoring.loglikelihood_rolling(self.model, self.tokenizer, texts, context_length, stride)
+        payload = {"texts": texts, "context_length": context_length, "stride": stride}
+        return [(float(lp), int(n)) for lp, n in cached(self, "loglikelihood_rolling", payload, compute)]
+
     def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 40) -> list[list[str]]:
         """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
         from tqdm import tqdm

@@ -31,7 +31,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         f"{MARKER}(models=None, precisions=None, decodings=None, baseline=None, max_accuracy_drop=None, "
-        "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None): "
+        "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None, "
+        "max_perplexity_increase=None): "
         "narrow this test's model x precision x decoding matrix and set its thresholds",
     )
     try:

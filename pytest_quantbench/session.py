@@ -110,5 +110,14 @@ class QuantbenchSession:
 
             handle = handle or self.cache.get(spec, precision)
             torch.manual_seed(0)
-            self.task_results[key] = task.evaluate(handle, decoding, limit, max_new_tokens)
+            self.task_results[key] = task.evaluate(handle, decoding, limit, max_new_tokens, **self.task_options(task))
         return self.task_results[key]
+
+    def task_options(self, task) -> dict:
+        """The settings a task's `evaluate` asks for by name (data_dir, context_length, stride)."""
+        import inspect
+
+        settings = self.settings
+        offered = {"data_dir": settings.data_dir, "context_length": settings.ppl_context, "stride": settings.ppl_stride}
+        accepted = inspect.signature(task.evaluate).parameters
+        return {name: value for name, value in offered.items() if name in accepted}

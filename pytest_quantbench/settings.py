@@ -23,6 +23,10 @@ OPTIONS = [
     ("--qb-max-new-tokens", "qb_max_new_tokens", "new tokens per timed generation", "16"),
     ("--qb-limit", "qb_limit", "items per accuracy task (default: all, or what the test asks; 0: all)", None),
     ("--qb-data-dir", "qb_data_dir", "directory with local dataset files", None),
+    ("--qb-ppl-context", "qb_ppl_context", "tokens of context per perplexity window (default: the model's maximum)",
+     None),
+    ("--qb-ppl-stride", "qb_ppl_stride", ("tokens a perplexity window moves by (default: the context length, "
+     "disjoint windows as in lm-evaluation-harness)"), None),
     ("--qb-report-dir", "qb_report_dir", "where quantbench.json and quantbench.md are written", ".quantbench"),
     ("--qb-warmup", "qb_warmup", "warm-up generations before timing", "1"),
     ("--qb-repeats", "qb_repeats", "timed generations per measurement", "3"),
@@ -33,6 +37,8 @@ OPTIONS = [
     ("--qb-max-footprint-mb", "qb_max_footprint_mb", "fail when the model footprint exceeds this", None),
     ("--qb-min-tokens-per-s", "qb_min_tokens_per_s", "fail when throughput is below this", None),
     ("--qb-max-ms-per-token", "qb_max_ms_per_token", "fail when decode ms/token is above this", None),
+    ("--qb-max-perplexity-increase", "qb_max_perplexity_increase",
+     "fail when a perplexity task's word perplexity rises more than this many percent over the baseline's", None),
     ("--qb-save-baseline", "qb_save_baseline", "store this run's results in FILE for later comparison", None),
     ("--qb-baseline", "qb_baseline", "compare with the results stored in FILE; regressions fail their test", None),
     ("--qb-fail-on", "qb_fail_on", "regression tolerances, e.g. ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt",
@@ -65,6 +71,7 @@ class Thresholds:
     max_footprint_mb: float | None = None
     min_tokens_per_s: float | None = None
     max_ms_per_token: float | None = None
+    max_perplexity_increase: float | None = None  # percent, for tasks without accuracy (perplexity)
 
     def updated(self, **overrides) -> Thresholds:
         known = {f.name for f in dataclasses.fields(self)}
@@ -93,6 +100,8 @@ class Settings:
     fail_on: dict = dataclasses.field(default_factory=dict)  # metric -> regression.Tolerance
     force_baseline: bool = False
     gpus_per_worker: int = 1
+    ppl_context: int | None = None  # perplexity window length in tokens (None: the model's maximum)
+    ppl_stride: int | None = None  # perplexity window step (None: the window length)
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -203,4 +212,6 @@ def read_settings(config) -> Settings:
         fail_on=parse_tolerances(get("qb_fail_on") or ""),
         force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
         gpus_per_worker=max(1, _positive_int("--qb-gpus-per-worker", get("qb_gpus_per_worker"))),
+        ppl_context=_positive_int("--qb-ppl-context", get("qb_ppl_context")) or None if get("qb_ppl_context") else None,
+        ppl_stride=_positive_int("--qb-ppl-stride", get("qb_ppl_stride")) or None if get("qb_ppl_stride") else None,
     )

@@ -30,6 +30,34 @@ def accuracy_drop(task: str, precision: str, accuracy: float, baseline_precision
     return Check(f"accuracy_drop[{task}]", passed, drop, max_drop_pt, message, baseline_accuracy * 100)
 
 
+def clearly_above_chance(metrics: dict) -> bool:
+    """False when a task reports its chance level and the accuracy is within two standard errors of it: a drop
+    from there measures noise, not damage (SmolLM2-135M on MMLU). True when the task reports no chance level."""
+    if "chance" not in metrics or "acc" not in metrics:
+        return True
+    return metrics["acc"] - metrics["chance"] > 2 * metrics.get("acc_stderr", 0.0)
+
+
+def at_chance(task: str, precision: str, accuracy: float, baseline_precision: str, baseline: dict,
+              max_drop_pt: float) -> Check:
+    """The accuracy-drop check of a task whose baseline is at chance: recorded, not gated."""
+    drop = (baseline["acc"] - accuracy) * 100
+    message = (f"{task}: not gated: {baseline_precision} accuracy {baseline['acc'] * 100:.1f}% is at chance "
+               f"({baseline['chance'] * 100:.1f}%, within two standard errors of {baseline.get('acc_stderr', 0) * 100:.1f} pt); "
+               f"{precision} {accuracy * 100:.1f}%, drop {drop:.1f} pt recorded")
+    return Check(f"accuracy_drop[{task}]", True, drop, max_drop_pt, message, baseline["acc"] * 100)
+
+
+def perplexity_increase(task: str, precision: str, value: float, baseline_precision: str, baseline_value: float,
+                        max_increase_pct: float, metric: str = "word_perplexity") -> Check:
+    """Perplexity may rise at most `max_increase_pct` percent over the baseline's."""
+    increase = (value / baseline_value - 1) * 100
+    passed = increase <= max_increase_pct + 1e-9
+    message = (f"{task}: {precision} {metric} {value:.3f} vs {baseline_precision} {baseline_value:.3f}: "
+               f"{increase:+.2f}% {'<=' if passed else '>'} allowed {max_increase_pct:.2f}%")
+    return Check(f"perplexity_increase[{task}]", passed, increase, max_increase_pct, message, baseline_value)
+
+
 def at_most(metric: str, value: float, limit: float, unit: str) -> Check:
     passed = value <= limit
     message = f"{metric} {value:.1f} {unit} {'<=' if passed else '>'} limit {limit:.1f} {unit}"
@@ -43,14 +71,28 @@ def at_least(metric: str, value: float, limit: float, unit: str) -> Check:
 
 
 def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: dict[str, float],
-             baseline_precision: str, baseline_accuracies: dict[str, float]) -> list[Check]:
-    """Every check that applies to what a test measured; metrics it did not measure are not checked."""
+             baseline_precision: str, baseline_accuracies: dict[str, float], task_metrics: dict | None = None,
+             baseline_task_metrics: dict | None = None) -> list[Check]:
+    """Every check that applies to what a test measured; metrics it did not measure are not checked.
+
+    `task_metrics`/`baseline_task_metrics` (task -> its result's metrics) let a baseline at chance go ungated and
+    give perplexity tasks their check."""
     checks = []
+    task_metrics, baseline_task_metrics = task_metrics or {}, baseline_task_metrics or {}
     if thresholds.max_accuracy_drop is not None and precision != baseline_precision:
         for task, accuracy in accuracies.items():
-            if task in baseline_accuracies:
+            if task in baseline_accuracies and not clearly_above_chance(baseline_task_metrics.get(task, {})):
+                checks.append(at_chance(task, precision, accuracy, baseline_precision, baseline_task_metrics[task],
+                                        thresholds.max_accuracy_drop))
+            elif task in baseline_accuracies:
                 checks.append(accuracy_drop(task, precision, accuracy, baseline_precision, baseline_accuracies[task],
                                             thresholds.max_accuracy_drop))
+    if thresholds.max_perplexity_increase is not None and precision != baseline_precision:
+        for task, measured in task_metrics.items():
+            base = baseline_task_metrics.get(task, {})
+            if "word_perplexity" in measured and "word_perplexity" in base:
+                checks.append(perplexity_increase(task, precision, measured["word_perplexity"], baseline_precision,
+                                                  base["word_perplexity"], thresholds.max_perplexity_increase))
     limits = [
         ("peak_mem_mb", thresholds.max_memory_mb, at_most, "MB"),
         ("footprint_mb", thresholds.max_footprint_mb, at_most, "MB"),

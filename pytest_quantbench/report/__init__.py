@@ -33,8 +33,16 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             row.setdefault(name, value)
         for task, value in record.accuracy_pct.items():
             row.setdefault(f"acc:{task}", value)
+        for task, details in record.task_details.items():  # tasks without accuracy: their perplexity
+            if task not in record.accuracy_pct and "word_perplexity" in details.get("metrics", {}):
+                row.setdefault(f"ppl:{task}", details["metrics"]["word_perplexity"])
     return pd.DataFrame(list(rows.values()))
 
 
 def accuracy_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(c for c in frame.columns if c.startswith("acc:"))
+
+
+def perplexity_columns(frame: pd.DataFrame) -> list[str]:
+    """Word perplexity of tasks without accuracy (lower is better, so kept apart from the accuracy columns)."""
+    return sorted(c for c in frame.columns if c.startswith("ppl:"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..results import Record, device_label
-from . import COLUMNS, accuracy_columns, records_frame
+from . import COLUMNS, accuracy_columns, perplexity_columns, records_frame
 from .recommend import recommendations
 
 
@@ -13,7 +13,8 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
     if "ms_per_token_cv" in frame.columns:
         frame = frame.assign(ms_per_token_cv=frame["ms_per_token_cv"] * 100)
     present = [c for c in columns if c in frame.columns]
-    headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else c) for c in present}
+    headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else
+                              f"{c[4:]} word ppl" if c.startswith("ppl:") else c) for c in present}
     return frame[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–")
 
 
@@ -45,7 +46,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         lines.append(f"- **{name}** ({info.get('family', '?')}): {described}")
         if source.get("note"):
             lines.append(f"  - {source['note']}")
-    accuracy = accuracy_columns(frame)
+    accuracy = accuracy_columns(frame) + perplexity_columns(frame)
     if not frame.empty:
         lines += ["", "## By precision", "",
                   "Speed and memory from greedy decoding where measured; accuracy with greedy decoding.", "",
@@ -74,7 +75,8 @@ def terminal_table(records: list[Record]) -> str:
     if frame.empty:
         return "no measurements"
     summary = summary_frame(frame)
-    columns = ["model", "precision", *accuracy_columns(frame), "footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s"]
+    columns = ["model", "precision", *accuracy_columns(frame), *perplexity_columns(frame), "footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s"]
     present = [c for c in columns if c in summary.columns]
-    headers = {c: COLUMNS.get(c, f"{c[4:]} %" if c.startswith("acc:") else c) for c in present}
+    headers = {c: COLUMNS.get(c, f"{c[4:]} %" if c.startswith("acc:") else f"{c[4:]} ppl" if c.startswith("ppl:")
+                              else c) for c in present}
     return summary[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–", tablefmt="simple")

@@ -2,11 +2,14 @@
 scripted fake model and real-model tests stay few.
 
 Adding a task is one `register(...)` of an object with `name`, `version` and `evaluate(model, decoding, limit,
-max_new_tokens) -> TaskResult` (or an entry point in the group `pytest_quantbench.tasks`).
+max_new_tokens) -> TaskResult` (or an entry point in the group `pytest_quantbench.tasks`). A task whose `evaluate`
+also takes `data_dir` (and, for perplexity, `context_length`, `stride`) gets them from the session's settings; a task
+whose data cannot be found raises `DataUnavailable`, and the test is skipped with its message.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,16 +18,28 @@ class TaskModel(Protocol):
     def generate(self, prompts: list[str], decoding, max_new_tokens: int) -> list[list[str]]:
         """One list of responses per prompt (one response, or `decoding.num_responses`)."""
 
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """Per (context, continuation): log p(continuation | context) and whether greedy decoding would produce it."""
+
+    def loglikelihood_rolling(self, texts: list[str], context_length: int | None = None,
+                              stride: int | None = None) -> list[tuple[float, int]]:
+        """Per text: log p(text) and the number of tokens scored (every token once, in windows)."""
+
 
 @dataclass
 class TaskResult:
     task: str
-    accuracy: float  # fraction in [0, 1]
+    accuracy: float | None  # fraction in [0, 1]; None for a task without one (perplexity)
     n: int
     correct: list[bool] = field(default_factory=list)  # per item, in item order (paired comparisons need it)
     metrics: dict[str, float] = field(default_factory=dict)  # extra task metrics, e.g. mean_response_accuracy
     by_category: dict[str, float] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)  # a few prompts and responses for the report
+    main_metric: str = "accuracy"  # what the task is judged by; a key of `metrics` when accuracy is None
+
+
+class DataUnavailable(Exception):
+    """A task's data is neither in --qb-data-dir nor reachable on the hub; the message says how to provide it."""
 
 
 class Task(Protocol):
@@ -52,6 +67,9 @@ def get_task(name: str) -> Task:
 
         for entry in entry_points(group="pytest_quantbench.tasks"):
             register(entry.load())
+    shots = re.fullmatch(r"(.+)_(\d+)shot", name)  # mmlu_5shot: a registered task with k few-shot examples
+    if name not in REGISTRY and shots and hasattr(REGISTRY.get(shots.group(1)), "with_fewshot"):
+        return REGISTRY[shots.group(1)].with_fewshot(int(shots.group(2)))
     if name not in REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(REGISTRY)}")
     return REGISTRY[name]
@@ -60,3 +78,4 @@ def get_task(name: str) -> Task:
 from . import generation
 
 __all__ = ["REGISTRY", "Task", "TaskModel", "TaskResult", "generation", "get_task", "register"]
+from . import multiple_choice, perplexity  # noqa: F401, I001  (register mmlu, arc_easy, arc_challenge; wikitext2)

@@ -1,0 +1,250 @@
+"""Log-likelihood scoring, the two request kinds of lm-evaluation-harness that scored tasks reduce to:
+
+    loglikelihood(requests)      (context, continuation) -> (log p(continuation | context), is_greedy)
+    loglikelihood_rolling(texts) text -> (log p(text), tokens scored), in windows of a fixed context length
+
+Tokenization follows lm-eval's HFLM, so the numbers agree with it: trailing spaces of a context move to the
+continuation, the continuation's tokens are those of `context + continuation` after the context's, an empty
+context is the BOS (else EOS) token, and a too-long input loses tokens on the left.
+
+Speed, without changing a number (beyond float rounding):
+- the requests that share a context (the choices of one question) form one group; the context runs once, and the
+  logits of its last position score every choice's first token: one forward pass per question when every choice
+  is one token (MMLU's " A".." D");
+- longer choices (ARC's answer texts) continue from the context's key/value cache, all choices of a batch together;
+- only the logits that are scored are computed (`logits_to_keep`): the vocabulary projection dominates small models;
+- groups are sorted by length and batched under a token budget, left-padded with explicit position ids, so padding
+  is small and does not move any position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing, on a GPU raise it
+SCORED_BUDGET = 1024  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
+
+
+@dataclass
+class Group:
+    """One context and the continuations scored after it; `indices` place the results in the caller's order."""
+
+    context: list[int]
+    continuations: list[list[int]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+
+
+def prefix_token_id(tokenizer) -> int:
+    """What an empty context (or a text's first window) is conditioned on: BOS, else EOS (as lm-eval)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """lm-eval's `tok_encode`: the tokenizer's own special tokens, unless the text already starts with BOS."""
+    bos = tokenizer.bos_token
+    return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) exactly as lm-eval's `loglikelihood` builds them."""
+    if context == "":
+        tokens = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], tokens) if tokens[:1] != [prefix] else (tokens[:1], tokens[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = encode(tokenizer, context + continuation)
+    context_tokens = encode(tokenizer, context)
+    return context_tokens, whole[len(context_tokens):]
+
+
+def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) -> list[Group]:
+    """Tokenize and group by identical (left-truncated) context, keeping request order within a group."""
+    groups: dict[tuple[int, ...], Group] = {}
+    for index, (context, continuation) in enumerate(requests):
+        context_tokens, tokens = encode_pair(tokenizer, context, continuation)
+        if not tokens:
+            raise ValueError(f"request {index}: the continuation {continuation!r} encodes to no tokens")
+        if len(tokens) > max_length:
+            raise ValueError(f"request {index}: continuation of {len(tokens)} tokens exceeds max length {max_length}")
+        # As lm-eval: the model sees (context + continuation)[-(max_length + 1):][:-1].
+        context_tokens = context_tokens[max(0, len(context_tokens) + len(tokens) - max_length - 1):]
+        group = groups.setdefault(tuple(context_tokens), Group(list(context_tokens)))
+        group.continuations.append(tokens)
+        group.indices.append(index)
+    return list(groups.values())
+
+
+def batches(lengths: list[int], budget: int, max_rows: int = 256) -> list[list[int]]:
+    """Indices sorted longest first, cut into batches whose padded size (rows x longest) stays within `budget`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget and len(out[-1]) < max_rows:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _score_batch(model, groups: list[Group], pad_id: int) -> dict[int, tuple[float, bool]]:
+    """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it."""
+    import torch
+
+    device = model.device
+    ids, mask, positions = _left_padded([g.context for g in groups], pad_id, device)
+    longer = [(gi, ci) for gi, g in enumerate(groups) for ci, c in enumerate(g.continuations) if len(c) > 1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(longer), logits_to_keep=1)
+    first = out.logits[:, -1, :].float().log_softmax(-1)  # [groups, vocab]: scores each continuation's first token
+    results: dict[int, tuple[float, bool]] = {}
+    greedy_first = first.argmax(-1).tolist()
+    for gi, group in enumerate(groups):
+        for index, tokens in zip(group.indices, group.continuations):
+            results[index] = (first[gi, tokens[0]].item(), greedy_first[gi] == tokens[0])
+    if not longer:
+        return results
+    cache = getattr(out, "cache", None) or out.past_key_values
+    context_lengths = mask.sum(-1)
+    per_pass = max(1, SCORED_BUDGET // max(len(groups[g].continuations[c]) for g, c in longer))
+    for start in range(0, len(longer), per_pass):
+        chunk = longer[start : start + per_pass]
+        rows = [groups[g].continuations[c] for g, c in chunk]
+        owner = torch.tensor([g for g, _ in chunk], device=device)
+        width = max(len(r) for r in rows) - 1  # the last token of a continuation is only predicted, never input
+        inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):  # right-padded: causal attention keeps pads after a row from touching it
+            inputs[i, : len(row) - 1] = torch.tensor(row[:-1], dtype=torch.long)
+        step = torch.arange(width, device=device)
+        later = model(input_ids=inputs.to(device),
+                      attention_mask=torch.cat([mask[owner], torch.ones((len(rows), width), dtype=mask.dtype,
+                                                                        device=device)], dim=1),
+                      position_ids=context_lengths[owner, None] + step, use_cache=False,
+                      **{_cache_argument(model): _select_cache(cache, owner)})
+        logprobs = later.logits.float().log_softmax(-1)  # [rows, width, vocab]
+        for i, ((g, c), row) in enumerate(zip(chunk, rows)):
+            targets = torch.tensor(row[1:], device=device)
+            picked = logprobs[i, : len(row) - 1].gather(-1, targets[:, None]).squeeze(-1)
+            greedy = bool((logprobs[i, : len(row) - 1].argmax(-1) == targets).all())
+            index = groups[g].indices[c]
+            first_lp, first_greedy = results[index]
+            results[index] = (first_lp + picked.sum().item(), first_greedy and greedy)
+    return results
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes a key/value cache: `cache` in newer transformers, else `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _select_cache(cache, rows):
+    """A copy of the key/value cache with batch rows `rows` (a context's cache repeated for each of its choices)."""
+    import copy
+
+    expanded = copy.copy(cache)
+    expanded.layers = [copy.copy(layer) for layer in cache.layers]
+    expanded.reorder_cache(rows)
+    return expanded
+
+
+def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length: int | None = None,
+                  token_budget: int = TOKEN_BUDGET, progress=None) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), is_greedy) per request, in request order."""
+    import torch
+
+    max_length = max_length or model_max_length(model)
+    groups = group_requests(tokenizer, requests, max_length)
+    results: dict[int, tuple[float, bool]] = {}
+    pad_id = _pad_id(tokenizer)
+    with torch.inference_mode():
+        for batch in batches([len(g.context) for g in groups], token_budget):
+            results.update(_score_batch(model, [groups[i] for i in batch], pad_id))
+            if progress is not None:
+                progress(sum(len(groups[i].indices) for i in batch))
+    return [results[i] for i in range(len(requests))]
+
+
+def rolling_windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows (input start, first target, end) over a text of `n_tokens` tokens preceded by a prefix token.
+
+    In the sequence [prefix, t0, t1, ...] the window's input is seq[start:end] and it scores tokens first..end-1
+    (t_i is predicted at seq position i). Each token is scored once, with up to `context_length` tokens of input;
+    `stride == context_length` gives lm-eval's disjoint windows, a smaller stride gives every window
+    `context_length - stride` tokens of overlap as context.
+    """
+    if not 0 < stride <= context_length:
+        raise ValueError(f"stride {stride} must be in 1..context length {context_length}")
+    windows = []
+    for first in range(0, n_tokens, stride):
+        end = min(first + stride, n_tokens)
+        windows.append((max(0, end - context_length), first, end))
+    return windows
+
+
+def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: int | None = None,
+                          stride: int | None = None, token_budget: int = TOKEN_BUDGET) -> list[tuple[float, int]]:
+    """(log p(text), tokens scored) per text: every token scored once, as lm-eval's `loglikelihood_rolling`."""
+    import torch
+
+    context_length = context_length or model_max_length(model)
+    stride = stride or context_length
+    prefix, pad_id = prefix_token_id(tokenizer), _pad_id(tokenizer)
+    work = []  # (text index, input tokens, target tokens)
+    counts = []
+    for t, text in enumerate(texts):
+        tokens = encode(tokenizer, text)
+        counts.append(len(tokens))
+        sequence = [prefix, *tokens]
+        for start, first, end in rolling_windows(len(tokens), context_length, stride):
+            work.append((t, sequence[start:end], tokens[first:end]))
+    sums = [0.0] * len(texts)
+    with torch.inference_mode():
+        budget = max(token_budget, context_length)
+        for batch in batches([len(w[1]) for w in work], budget):
+            rows = [work[i] for i in batch]
+            keep = max(len(targets) for _, _, targets in rows)
+            for part in _split_rows(rows, keep):
+                ids, mask, positions = _left_padded([r[1] for r in part], pad_id, model.device)
+                kept = max(len(targets) for _, _, targets in part)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                               logits_to_keep=kept).logits
+                for row, (t, _, targets) in zip(logits, part):
+                    scores = row[kept - len(targets):].float().log_softmax(-1)  # as lm-eval, to the last bit
+                    target = torch.tensor(targets, device=scores.device)[:, None]
+                    sums[t] += scores.gather(-1, target).sum().item()
+    return [(total, n) for total, n in zip(sums, counts)]
+
+
+def _split_rows(rows: list, keep: int) -> list[list]:
+    """Rows in groups small enough that their kept logits fit SCORED_BUDGET positions (at least one row each)."""
+    per_pass = max(1, SCORED_BUDGET // max(1, keep))
+    return [rows[i : i + per_pass] for i in range(0, len(rows), per_pass)]
+
+
+def model_max_length(model) -> int:
+    """The model's context length from its config (as lm-eval reads it), 2048 when the config says nothing."""
+    config = model.config
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

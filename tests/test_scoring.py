@@ -1,0 +1,119 @@
+"""scoring.py against hand-computed log-likelihoods: a scripted bigram "model" whose next-token logits depend only
+on the current token, so every score is a sum of known log-softmax values."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_quantbench import scoring
+
+VOCAB = {"<s>": 0, "a": 1, "b": 2, " ": 3, "x": 4}
+HIT = 1 - math.log(math.e + 4)  # log-softmax of the favoured next token (logit 1 among four 0s)
+MISS = -math.log(math.e + 4)
+
+
+class CharTokenizer:
+    """One token per character; <s> is BOS and is never added by `encode`."""
+
+    bos_token, bos_token_id, eos_token_id, pad_token_id = "<s>", 0, 0, 0
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [VOCAB[c] for c in text]
+
+
+class _Cache:
+    def __init__(self):
+        self.layers = []
+
+    def reorder_cache(self, rows):
+        self.rows = rows
+
+
+class BigramModel:
+    """Logits at a position favour token (current + 1) % 5; counts forward passes and the positions projected."""
+
+    def __init__(self):
+        self.config = SimpleNamespace(max_position_embeddings=64)
+        self.device = torch.device("cpu")
+        self.calls: list[tuple[int, int, int]] = []  # (rows, input width, logits kept)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0,
+                past_key_values=None):
+        table = torch.zeros(5, 5)
+        table[torch.arange(5), (torch.arange(5) + 1) % 5] = 1.0
+        logits = table[input_ids]
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        self.calls.append((input_ids.shape[0], input_ids.shape[1], logits.shape[1]))
+        return SimpleNamespace(logits=logits, past_key_values=_Cache() if use_cache else None)
+
+    __call__ = forward
+
+
+def test_encode_pair_moves_trailing_space_and_uses_bos_for_empty_context():
+    tok = CharTokenizer()
+    assert scoring.encode_pair(tok, "ab ", "a") == ([1, 2], [3, 1])
+    assert scoring.encode_pair(tok, "", "ab") == ([0], [1, 2])
+
+
+def test_single_token_choices_share_one_forward_pass_and_match_hand_values():
+    model, tok = BigramModel(), CharTokenizer()
+    # Two questions, four one-token choices each: a->b is the favoured transition.
+    requests = [("ba", c) for c in "ab x"] + [("aab", c) for c in "ab x"]
+    scores = scoring.loglikelihood(model, tok, requests)
+    expected_first = [MISS, HIT, MISS, MISS]  # after "a" the favoured token is "b"
+    expected_second = [MISS, MISS, HIT, MISS]  # after "b" it is " "
+    assert [round(s, 6) for s, _ in scores] == [round(v, 6) for v in expected_first + expected_second]
+    assert [g for _, g in scores] == [False, True, False, False, False, False, True, False]
+    assert len(model.calls) == 1 and model.calls[0][2] == 1  # one pass, only the last position's logits
+
+
+def test_multi_token_continuations_continue_from_the_context():
+    model, tok = BigramModel(), CharTokenizer()
+    scores = scoring.loglikelihood(model, tok, [("a", "b a"), ("a", "bx"), ("xa", "b")])
+    # a->b HIT, b->' ' HIT, ' '->a MISS; a->b HIT, b->x MISS; a->b HIT
+    assert scores[0][0] == pytest.approx(2 * HIT + MISS, abs=1e-6) and scores[0][1] is False
+    assert scores[1][0] == pytest.approx(HIT + MISS, abs=1e-6)
+    assert scores[2] == (pytest.approx(HIT, abs=1e-6), True)
+    # Contexts in one pass; the two longer continuations in one more pass that keeps only their positions.
+    assert len(model.calls) == 2 and model.calls[1][:2] == (2, 2)
+
+
+def test_results_come_back_in_request_order_whatever_the_batching():
+    model, tok = BigramModel(), CharTokenizer()
+    requests = [("a" * n, c) for n in (1, 7, 3, 12) for c in "ab"]
+    batched = scoring.loglikelihood(model, tok, requests)
+    one_by_one = [scoring.loglikelihood(model, tok, [r])[0] for r in requests]
+    tiny_batches = scoring.loglikelihood(model, tok, requests, token_budget=1)
+    assert batched == one_by_one == tiny_batches
+
+
+def test_batches_sort_longest_first_within_the_token_budget():
+    assert scoring.batches([2, 8, 5, 3], budget=10) == [[1], [2, 3], [0]]  # 2 rows x 5 fit, 3 x 5 do not
+    assert scoring.batches([4, 4, 4], budget=100, max_rows=2) == [[0, 1], [2]]
+
+
+def test_too_long_input_loses_context_tokens_on_the_left():
+    groups = scoring.group_requests(CharTokenizer(), [("abxab", "ab")], max_length=4)
+    # lm-eval: the model sees (context + continuation)[-(max_length + 1):][:-1] = "xab" + "a"
+    assert groups[0].context == [4, 1, 2] and groups[0].continuations == [[1, 2]]
+
+
+def test_rolling_windows_score_every_token_once():
+    assert scoring.rolling_windows(5, context_length=4, stride=4) == [(0, 0, 4), (1, 4, 5)]
+    assert scoring.rolling_windows(5, context_length=4, stride=2) == [(0, 0, 2), (0, 2, 4), (1, 4, 5)]
+    with pytest.raises(ValueError):
+        scoring.rolling_windows(5, context_length=2, stride=3)
+
+
+def test_loglikelihood_rolling_matches_hand_values_for_any_window():
+    model, tok = BigramModel(), CharTokenizer()
+    # <s>->a HIT, a->b HIT, b->a MISS, a->b HIT; a bigram model gives the same total for any window
+    for context, stride in ((8, None), (2, 1), (3, 2)):
+        [(total, n)] = scoring.loglikelihood_rolling(model, tok, ["abab"], context, stride)
+        assert n == 4 and total == pytest.approx(3 * HIT + MISS, abs=1e-6)

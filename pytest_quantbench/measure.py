@@ -144,19 +144,19 @@ def model_footprint_mb(model) -> float:
 
     Read from the tensors' storage rather than `get_memory_footprint()`, which misreports some quantized layouts.
     """
-    seen: set[tuple[str, int]] = set()
-    total = 0
-    for outer in list(model.parameters()) + list(model.buffers()):
+    return sum(_storage_bytes(model).values()) / MB
+
+
+def _storage_bytes(module) -> dict[tuple[str, int], int]:
+    """(device, storage address) -> bytes, for the real storages behind a module's parameters and buffers."""
+    storages: dict[tuple[str, int], int] = {}
+    for outer in list(module.parameters()) + list(module.buffers()):
         for tensor in _plain_tensors(outer.data):
             if tensor.device.type == "meta":
                 continue
             storage = tensor.untyped_storage()
-            key = (str(tensor.device), storage.data_ptr())
-            if key in seen:
-                continue
-            seen.add(key)
-            total += storage.nbytes()
-    return total / MB
+            storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return storages
 
 
 class StepClock:
@@ -306,31 +306,51 @@ def documented_bandwidth_gbps(device_name: str) -> float | None:
     return next((gbps for key, gbps in DOCUMENTED_BANDWIDTH_GBPS.items() if key.lower() in device_name.lower()), None)
 
 
-def decode_bytes_per_step(model, sequences: int, context_tokens: int) -> float | None:
+def decode_bytes_per_step(model, sequences: int, context_tokens: int, idle_modules=(),
+                          cross_tokens: int = 0) -> float | None:
     """Bytes one decoding step must read: every weight once (the input embedding only by the rows it looks up, so it
-    is left out unless it doubles as the output head) plus the KV cache of `sequences` sequences at `context_tokens`."""
+    is left out unless it doubles as the output head; `idle_modules`, e.g. an encoder or a vision tower, not at all)
+    plus the KV cache of `sequences` sequences at `context_tokens`, and for an encoder-decoder the cross-attention
+    KV cache over its `cross_tokens` encoder tokens.
+
+    The text model's config names the decoder's shape: `num_hidden_layers` or T5's `num_decoder_layers`,
+    `num_attention_heads` (T5: `num_heads`), `num_key_value_heads`, `head_dim` (T5: `d_kv`)."""
     config = getattr(model, "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    heads = getattr(config, "num_attention_heads", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_decoder_layers", None) or getattr(text, "num_hidden_layers", None)
+    heads = getattr(text, "num_attention_heads", None)
     if config is None or not layers or not heads:
         return None
-    weights = model_footprint_mb(model) * MB
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if embedding is not None and (output is None or output.weight is not embedding.weight):
-        weights -= embedding.weight.numel() * embedding.weight.element_size()
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    skipped = {}
+    for module in idle_modules:
+        skipped.update(_storage_bytes(module))
+    if embedding is not None:
+        skipped.update(_storage_bytes(embedding))
+    if output is not None:  # the head is read every step, whatever else shares its storage
+        for key in _storage_bytes(output):
+            skipped.pop(key, None)
+    weights = sum(nbytes for key, nbytes in _storage_bytes(model).items() if key not in skipped)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_element = embedding.weight.element_size() if embedding is not None else 2
-    kv = 2 * layers * kv_heads * head_dim * kv_element * context_tokens * sequences
+    kv = 2 * layers * kv_heads * head_dim * kv_element * (context_tokens + cross_tokens) * sequences
     return weights + kv
 
 
 def bandwidth_metrics(handle, decoding, metrics: dict) -> dict:
     """Memory-bandwidth utilization (MBU) of decoding and the roofline decode tokens/s the bandwidth allows."""
+    from .families import decode_idle_modules
+
     sequences = metrics["sequences"] * decoding.generate_kwargs.get("num_beams", 1)
-    context = metrics["prompt_tokens"] + metrics["new_tokens"] / 2  # mean context over the decode steps
-    step_bytes = decode_bytes_per_step(handle.model, sequences, int(context))
+    mean_new = metrics["new_tokens"] / 2  # mean context over the decode steps
+    if handle.family == "encoder-decoder":  # self-attention over the decoder's tokens, cross-attention over the prompt
+        context, cross = 1 + mean_new, metrics["prompt_tokens"]
+    else:
+        context, cross = metrics["prompt_tokens"] + mean_new, 0
+    step_bytes = decode_bytes_per_step(handle.model, sequences, int(context),
+                                       decode_idle_modules(handle.model, handle.family), cross)
     step_s = metrics["ms_per_token"] / 1000
     if step_bytes is None or step_s <= 0:
         return {}

@@ -3,7 +3,8 @@
 Adding a precision is one `register(Precision(...))` call (or an entry point in the group
 `pytest_quantbench.precisions` pointing at a Precision). A name is `base[@arg][+flag...]`: what `@arg` means is the
 entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits and group size for gptq@4b64g), and
-`+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order).
+`+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order; nf4+vision: an image-text model's
+vision tower quantized too, which families.py otherwise keeps in higher precision).
 
 An entry loads in up to three steps, each optional:
   prepare(precision, source_dir, device) -> a directory to load instead (e.g. GPTQ quantized once and cached on disk)
@@ -270,11 +271,11 @@ def register(precision: Precision) -> Precision:
 for _dtype, _text in (("fp32", "32-bit float"), ("fp16", "16-bit float"), ("bf16", "bfloat16")):
     register(Precision(_dtype, "torch", _text, _plain(_dtype)))
 register(Precision("int8", "bitsandbytes", "LLM.int8(): 8-bit weights with fp16 outlier decomposition",
-                   _bnb_int8, requires=("bitsandbytes",), compiles=False))
+                   _bnb_int8, requires=("bitsandbytes",), flags=("vision",), compiles=False))
 for _quant in ("nf4", "fp4"):
     register(Precision(_quant, "bitsandbytes", f"4-bit {_quant.upper()} weights (QLoRA-style), dequantized per matmul",
                        _bnb_4bit(_quant), requires=("bitsandbytes",), parse_arg=_parse_compute_dtype,
-                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq",), compiles=False))
+                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision"), compiles=False))
 _DTYPE_ARG = {"parse_arg": _parse_compute_dtype, "arg_help": "[@fp32|@fp16|@bf16]"}
 register(Precision("int8wo", "torchao", "int8 weight-only (per-channel scales), activations in the compute dtype",
                    _torchao("int8wo"), requires=("torchao",), **_DTYPE_ARG))

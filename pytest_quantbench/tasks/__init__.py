@@ -79,3 +79,4 @@ from . import generation
 
 __all__ = ["REGISTRY", "Task", "TaskModel", "TaskResult", "generation", "get_task", "register"]
 from . import multiple_choice, perplexity  # noqa: F401, I001  (register mmlu, arc_easy, arc_challenge; wikitext2)
+from . import images  # noqa: F401  (the built-in image suite, for image-text models)

@@ -27,8 +27,9 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             continue
         key = (record.model, record.precision, record.decoding)
         row = rows.setdefault(key, {"model": record.model, "precision": record.precision, "decoding": record.decoding,
-                                    "device": record.device,
+                                    "device": record.device, "family": "",
                                     "compute": record.model_info.get("precision_params", {}).get("compute_dtype", "")})
+        row["family"] = row["family"] or record.model_info.get("family", "")  # decoder, encoder-decoder, image-text
         for name, value in record.metrics.items():
             row.setdefault(name, value)
         for task, value in record.accuracy_pct.items():

@@ -49,15 +49,18 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
     accuracy = accuracy_columns(frame) + perplexity_columns(frame)
     if not frame.empty:
         lines += ["", "## By precision", "",
-                  "Speed and memory from greedy decoding where measured; accuracy with greedy decoding.", "",
-                  _table(summary_frame(frame), ["model", "precision", "compute", *accuracy, *COLUMNS])]
+                  "Speed and memory from greedy decoding where measured; accuracy with greedy decoding."]
+        families = list(summary_frame(frame).groupby("family", sort=False))
+        for family, group in families:  # one table per model family (decoder, encoder-decoder, image-text)
+            lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
+            lines += ["", _table(group, ["model", "precision", "family", "compute", *accuracy, *COLUMNS])]
         advice = recommendations(summary_frame(frame))
         if advice:
             lines += ["", "## Recommendations", "", *advice]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",
-                      _table(group, ["model", "precision", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
+                      _table(group, ["model", "precision", "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
     checks = [(r, c) for r in records for c in r.checks]
     if checks:

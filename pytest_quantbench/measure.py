@@ -54,33 +54,43 @@ class MemoryTracker:
 
     CPU: process RSS sampled every `interval` seconds (start, end, peak).
     CUDA: the torch allocator's peak allocated/reserved bytes, plus device-level used memory (what nvidia-smi shows,
-    from cudaMemGetInfo) at start, end and its sampled peak.
+    from cudaMemGetInfo) at start, end and its sampled peak; summed over the visible GPUs, and per GPU
+    (`..._gpu<i>`) when there are several (a model spread with device_map="auto").
     """
 
     def __init__(self, device: str = "cpu", interval: float = 0.005):
         self.cuda = _cuda_ready(device)
         self.interval = interval
         self.metrics: dict[str, float] = {}
-
-    def _sample(self) -> float:
+        self.gpus = 0
         if self.cuda:
             import torch
 
-            free, total = torch.cuda.mem_get_info()
-            return (total - free) / MB
-        return process_rss_mb()
+            self.gpus = torch.cuda.device_count()
+
+    def _sample(self) -> list[float]:
+        if self.cuda:
+            import torch
+
+            used = []
+            for index in range(self.gpus):
+                free, total = torch.cuda.mem_get_info(index)
+                used.append((total - free) / MB)
+            return used
+        return [process_rss_mb()]
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self._sample())
+            self._peak = [max(a, b) for a, b in zip(self._peak, self._sample())]
 
     def __enter__(self) -> Self:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._allocated_start = torch.cuda.memory_allocated() / MB
+            for index in range(self.gpus):
+                torch.cuda.synchronize(index)
+                torch.cuda.reset_peak_memory_stats(index)
+            self._allocated_start = sum(torch.cuda.memory_allocated(i) for i in range(self.gpus)) / MB
         self._start = self._peak = self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -90,26 +100,33 @@ class MemoryTracker:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        if self.cuda:
-            import torch
+        if not self.cuda:
+            end = self._sample()
+            peak = max(self._peak[0], end[0])
+            self.metrics = {"rss_start_mb": self._start[0], "rss_end_mb": end[0], "rss_peak_mb": peak,
+                            "peak_mem_mb": peak}
+            return
+        import torch
 
-            torch.cuda.synchronize()
+        for index in range(self.gpus):
+            torch.cuda.synchronize(index)
         end = self._sample()
-        peak = max(self._peak, end)
-        if self.cuda:
-            import torch
-
-            self.metrics = {
-                "vram_start_mb": self._start,
-                "vram_end_mb": end,
-                "vram_peak_mb": peak,
-                "allocated_start_mb": self._allocated_start,
-                "peak_allocated_mb": torch.cuda.max_memory_allocated() / MB,
-                "peak_reserved_mb": torch.cuda.max_memory_reserved() / MB,
-                "peak_mem_mb": torch.cuda.max_memory_allocated() / MB,
-            }
-        else:
-            self.metrics = {"rss_start_mb": self._start, "rss_end_mb": end, "rss_peak_mb": peak, "peak_mem_mb": peak}
+        peak = [max(a, b) for a, b in zip(self._peak, end)]
+        allocated = [torch.cuda.max_memory_allocated(i) / MB for i in range(self.gpus)]
+        reserved = [torch.cuda.max_memory_reserved(i) / MB for i in range(self.gpus)]
+        self.metrics = {
+            "vram_start_mb": sum(self._start),
+            "vram_end_mb": sum(end),
+            "vram_peak_mb": sum(peak),
+            "allocated_start_mb": self._allocated_start,
+            "peak_allocated_mb": sum(allocated),
+            "peak_reserved_mb": sum(reserved),
+            "peak_mem_mb": sum(allocated),
+        }
+        if self.gpus > 1:
+            for index in range(self.gpus):
+                self.metrics[f"vram_peak_mb_gpu{index}"] = peak[index]
+                self.metrics[f"peak_allocated_mb_gpu{index}"] = allocated[index]
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -192,7 +209,7 @@ class StepClock:
         return [m - self.marks[0] for m in self.marks]
 
 
-def timed_generation(handle, inputs, decoding, new_tokens: int) -> tuple[float, float, float]:
+def timed_generation(handle, inputs, decoding, new_tokens: int, mode: str = "eager") -> tuple[float, float, float]:
     """One generation of exactly `new_tokens`: (time to first token, end-to-end latency, decode s/token).
 
     Marks: start, one per step, end. Time to first token is start -> first step (prefill and the first token's
@@ -200,7 +217,12 @@ def timed_generation(handle, inputs, decoding, new_tokens: int) -> tuple[float, 
     """
     clock = StepClock(handle.device)
     clock.mark()
-    handle.generate_ids(inputs, decoding, new_tokens, exact_length=True, logits_processor=[clock])
+    if mode == "compiled":
+        from .compiled import decoder_for
+
+        decoder_for(handle).generate(inputs["input_ids"], decoding, new_tokens, marks=clock.mark)
+    else:
+        handle.generate_ids(inputs, decoding, new_tokens, exact_length=True, logits_processor=[clock])
     clock.mark()
     times = clock.seconds()
     steps = times[1:-1]
@@ -228,7 +250,7 @@ def repeat_until_stable(run, min_repeats: int, max_repeats: int, target_cv: floa
 
 def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmup: int, repeats: int,
                        max_repeats: int | None = None, target_cv: float = 0.0, max_time_s: float = 0.0,
-                       on_results=None) -> dict:
+                       on_results=None, mode: str = "eager") -> dict:
     """Time one prompt under one decoding: time to first token, end-to-end latency, decode ms/token, tokens/s,
     memory, and memory-bandwidth utilization.
 
@@ -242,9 +264,11 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     inputs = handle.encode([prompt])
 
     def run():
-        return timed_generation(handle, inputs, decoding, max_new_tokens)
+        return timed_generation(handle, inputs, decoding, max_new_tokens, mode)
 
-    for _ in range(warmup):  # full-length runs: GPU clocks and allocator settle, kernels are chosen
+    # Full-length warm-up runs: GPU clocks and the allocator settle, kernels are chosen; compiled mode compiles on
+    # the first call and records its CUDA graphs on the next ones.
+    for _ in range(max(warmup, 3 if mode == "compiled" else 0)):
         run()
     with MemoryTracker(device) as memory:
         results = repeat_until_stable(run, repeats, max_repeats or repeats, target_cv, max_time_s,
@@ -272,6 +296,10 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         **memory.metrics,
     }
     metrics.update(bandwidth_metrics(handle, decoding, metrics))
+    if mode == "compiled":
+        metrics["compile_s"] = handle.compiled.compile_s
+        if handle.compiled.fallback:
+            metrics["compile_fallback"] = handle.compiled.fallback
     return metrics
 
 

@@ -19,7 +19,7 @@ SESSION = pytest.StashKey[QuantbenchSession]()
 BENCH = pytest.StashKey[object]()  # the test's QuantBenchmark, read by the call and report hooks
 CASE_ARG = "qb_case"
 MARKER = "quantbench"
-NARROWING = ("models", "precisions", "decodings")
+NARROWING = ("models", "precisions", "decodings", "modes")
 
 
 def pytest_addoption(parser):
@@ -32,7 +32,7 @@ def pytest_configure(config):
         "markers",
         f"{MARKER}(models=None, precisions=None, decodings=None, baseline=None, max_accuracy_drop=None, "
         "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None, "
-        "max_perplexity_increase=None): "
+        "max_perplexity_increase=None, max_kl=None, min_top1_agreement=None, drop_test=None): "
         "narrow this test's model x precision x decoding matrix and set its thresholds",
     )
     try:
@@ -145,8 +145,13 @@ def quantbench(request, qb_case: Case):
     except ValueError as error:
         pytest.fail(f"{MARKER} marker: {error}", pytrace=False)
     bench = QuantBenchmark(session, qb_case, request.node.nodeid, thresholds, kwargs.get("baseline") or settings.baseline_precision)
+    bench.request = request
     request.node.stash[BENCH] = bench
     reason = qb_case.precision.why_unavailable(settings.device)
+    if reason is None and qb_case.mode == "compiled":
+        from .compiled import why_not_compiled
+
+        reason = why_not_compiled(qb_case.decoding)
     if reason is None and settings.device == "cuda":
         import torch
 

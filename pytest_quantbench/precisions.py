@@ -242,6 +242,12 @@ def _parse_group(arg: str) -> dict:
     return {"group_size": int(match[1])}
 
 
+def _hqq_after_load(precision: Precision, model, device: str):
+    from .quantize import hqq_after_load
+
+    return hqq_after_load(precision, model, device)
+
+
 def _gptqmodel(method: str) -> dict:
     """Registry fields shared by GPTQ and AWQ: quantized once through GPTQModel, cached, loaded by transformers."""
 
@@ -255,7 +261,12 @@ def _gptqmodel(method: str) -> dict:
 
         return gptqmodel_load_kwargs(method, precision, device)
 
-    return {"prepare": prepare, "build": build,
+    def after_load(precision: Precision, model, device: str):
+        from .quantize import gptqmodel_after_load
+
+        return gptqmodel_after_load(method, precision, model, device)
+
+    return {"prepare": prepare, "build": build, "after_load": after_load,
             "requires": ("gptqmodel", "optimum"), "library": "GPTQModel", "parse_arg": _parse_bits_group,
             "arg_help": "[@<bits>bit,g<group>]", "compiles": False}
 
@@ -295,6 +306,10 @@ register(Precision("gptq", description="GPTQ (Frantar et al.): error-compensatin
                    flags=("desc", "asym"), options=(("bits", 4), ("group_size", 64)), **_gptqmodel("gptq")))
 register(Precision("awq", description="AWQ (Lin et al.): activation-aware int4 weight scaling, calibrated",
                    options=(("bits", 4), ("group_size", 64)), **_gptqmodel("awq")))
+register(Precision("hqq", "hqq", "HQQ (Badri & Shaji): half-quadratic weight quantization at load time, no calibration",
+                   lambda precision, device: {"dtype": torch_dtype(precision.resolved_compute_dtype(device))},
+                   requires=("hqq",), parse_arg=_parse_bits_group, arg_help="[@<bits>bit,g<group>]",
+                   options=(("bits", 4), ("group_size", 64)), after_load=_hqq_after_load, compiles=False))
 
 _entry_points_loaded = False
 

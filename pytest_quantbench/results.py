@@ -34,6 +34,7 @@ class Record:
     model_info: dict = field(default_factory=dict)  # source, file hash, family, precision parameters
     worker: str = "main"
     device_name: str = ""  # the GPU or CPU model: baselines compare only on the same one
+    mode: str = "eager"  # eager (generate) or compiled (static cache + torch.compile)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -18,10 +18,13 @@ class Case:
     model: ModelSpec
     precision: Precision
     decoding: Decoding
+    mode: str = "eager"
+    show_mode: bool = False  # in the id only when the session selects more than one mode
 
     @property
     def id(self) -> str:
-        return f"{self.model.name}-{self.precision.name}-{self.decoding.name}"
+        suffix = f"-{self.mode}" if self.show_mode else ""
+        return f"{self.model.name}-{self.precision.name}-{self.decoding.name}{suffix}"
 
 
 class QuantbenchSession:
@@ -31,9 +34,11 @@ class QuantbenchSession:
         self._cache: ModelCache | None = None
         self.records: list[Record] = []
         self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
+        self.unavailable: dict[str, Exception] = {}  # task -> why its data is missing (looked for once per session)
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._baseline: dict | None = None
         self._device_name: str | None = None
+        self._summaries = None  # fidelity.SummaryCache: the baseline's next-token summaries
 
     @property
     def device_name(self) -> str:
@@ -65,6 +70,9 @@ class QuantbenchSession:
         """Built on first use, so pytest runs that use no quantbench fixture never import torch."""
         if self._settings is None:
             self._settings = read_settings(self.config)
+            from .quantize import configure  # GPTQ/AWQ read their calibration set-up from there
+
+            configure(self._settings.calibration_samples, self._settings.calibration_seq_len, self._settings.data_dir)
         return self._settings
 
     @property
@@ -74,7 +82,7 @@ class QuantbenchSession:
             self._cache = ModelCache(self.settings.device, "auto" if several_gpus else None)
         return self._cache
 
-    def cases(self, models=None, precisions=None, decodings=None) -> list[Case]:
+    def cases(self, models=None, precisions=None, decodings=None, modes=None) -> list[Case]:
         """The session's matrix, narrowed to the names a test's marker allows (None: no narrowing)."""
         settings = self.settings
         specs = [resolve_model(m) for m in settings.models]
@@ -93,12 +101,14 @@ class QuantbenchSession:
             parse_precision(name)
         for name in split_list(list(decodings or [])):
             parse_decoding(name)
+        show_mode = len(settings.modes) > 1
         return [
-            Case(spec, parse_precision(p), parse_decoding(d))
+            Case(spec, parse_precision(p), parse_decoding(d), mode, show_mode)
             for spec in specs
             if models is None or spec.name in models
             for p in narrow(settings.precisions, precisions)
             for d in narrow(settings.decodings, decodings)
+            for mode in narrow(settings.modes, modes)
         ]
 
     def task_result(self, spec: ModelSpec, precision: Precision, task, decoding: Decoding, limit: int | None,
@@ -108,10 +118,35 @@ class QuantbenchSession:
         if key not in self.task_results:
             import torch
 
+            if task.name in self.unavailable:  # its data was looked for and is missing: do not look again
+                raise self.unavailable[task.name]
             handle = handle or self.cache.get(spec, precision)
             torch.manual_seed(0)
-            self.task_results[key] = task.evaluate(handle, decoding, limit, max_new_tokens, **self.task_options(task))
+            generated = len(getattr(handle, "new_token_counts", ()))
+            result = task.evaluate(handle, decoding, limit, max_new_tokens, **self.task_options(task))
+            counts = list(getattr(handle, "new_token_counts", ()))[generated:]
+            if counts:  # what the output-length drift against the baseline is computed from
+                result.metrics.setdefault("mean_new_tokens", sum(counts) / len(counts))
+            self.task_results[key] = result
         return self.task_results[key]
+
+    def fidelity_summary(self, spec: ModelSpec, precision: Precision, source: dict, prompts: list[str] | None = None):
+        """The baseline's next-token summary on the fidelity prompts (None: the built-in set): kept from earlier in the
+        session, read from the disk cache, or computed (loading `precision`). `source` describes the weights."""
+        from .models import cache_root
+        from .tasks import fidelity
+
+        if self._summaries is None:
+            self._summaries = fidelity.SummaryCache(cache_root() / "fidelity")
+        device = self.settings.device
+        key, persistent = fidelity.summary_key(source, spec.name, precision.name, precision.params(device), device,
+                                               prompts=prompts)
+
+        def compute():
+            handle = self.cache.get(spec, precision)
+            return fidelity.summarize(fidelity.HandleLogits(handle), prompts or fidelity.load_prompts())
+
+        return self._summaries.get(key, persistent, compute)
 
     def task_options(self, task) -> dict:
         """The settings a task's `evaluate` asks for by name (data_dir, context_length, stride)."""

@@ -20,6 +20,8 @@ OPTIONS = [
      "(default: fp32,bf16,int8,nf4,fp4 on cpu; bf16,fp16,int8,nf4,fp4 on cuda)"), None),
     ("--qb-decoding", "qb_decoding", "comma list of decodings: greedy, sample, beam2..beam5", "greedy,sample,beam4"),
     ("--qb-device", "qb_device", "auto, cpu or cuda", "auto"),
+    ("--qb-mode", "qb_mode", ("comma list of decode modes: eager (Hugging Face generate) and/or compiled (static KV "
+     "cache, decode step under torch.compile with CUDA graphs)"), "eager"),
     ("--qb-max-new-tokens", "qb_max_new_tokens", "new tokens per timed generation", "16"),
     ("--qb-limit", "qb_limit", "items per accuracy task (default: all, or what the test asks; 0: all)", None),
     ("--qb-data-dir", "qb_data_dir", "directory with local dataset files", None),
@@ -29,7 +31,13 @@ OPTIONS = [
      "disjoint windows as in lm-evaluation-harness)"), None),
     ("--qb-report-dir", "qb_report_dir", "where quantbench.json and quantbench.md are written", ".quantbench"),
     ("--qb-warmup", "qb_warmup", "warm-up generations before timing", "1"),
-    ("--qb-repeats", "qb_repeats", "timed generations per measurement", "3"),
+    ("--qb-repeats", "qb_repeats", "timed generations per measurement, at least", "3"),
+    ("--qb-max-repeats", "qb_max_repeats", ("timed generations per measurement, at most: repeats continue until "
+     "the coefficient of variation of decode ms/token reaches --qb-target-cv"), "20"),
+    ("--qb-target-cv", "qb_target_cv", "stop repeating once decode ms/token varies less than this (0.03 = 3%)",
+     "0.03"),
+    ("--qb-max-time", "qb_max_time", "seconds of timed generations per measurement before repeats stop anyway",
+     "10"),
     ("--qb-baseline-precision", "qb_baseline_precision",
      "precision accuracy drops are measured against (default: fp32 on cpu, bf16 on cuda)", None),
     ("--qb-max-accuracy-drop", "qb_max_accuracy_drop", "fail when accuracy drops more points than this", None),
@@ -37,6 +45,12 @@ OPTIONS = [
     ("--qb-max-footprint-mb", "qb_max_footprint_mb", "fail when the model footprint exceeds this", None),
     ("--qb-min-tokens-per-s", "qb_min_tokens_per_s", "fail when throughput is below this", None),
     ("--qb-max-ms-per-token", "qb_max_ms_per_token", "fail when decode ms/token is above this", None),
+    ("--qb-max-kl", "qb_max_kl", "fail when the mean KL divergence (nats) from the baseline precision exceeds this",
+     None),
+    ("--qb-min-top1-agreement", "qb_min_top1_agreement",
+     "fail when fewer next tokens than this percentage agree with the baseline precision's", None),
+    ("--qb-drop-test", "qb_drop_test", ("point: an accuracy drop above --qb-max-accuracy-drop fails (default); "
+     "significant: only when its paired 95% bootstrap interval also excludes zero"), None),
     ("--qb-max-perplexity-increase", "qb_max_perplexity_increase",
      "fail when a perplexity task's word perplexity rises more than this many percent over the baseline's", None),
     ("--qb-save-baseline", "qb_save_baseline", "store this run's results in FILE for later comparison", None),
@@ -46,6 +60,9 @@ OPTIONS = [
     ("--qb-force-baseline", "qb_force_baseline", "compare with a baseline measured on another device model", None),
     ("--qb-gpus-per-worker", "qb_gpus_per_worker", ("GPUs each pytest-xdist worker owns (CUDA_VISIBLE_DEVICES); "
      "with more than one, models spread over them with device_map=auto"), "1"),
+    ("--qb-calibration-samples", "qb_calibration_samples", ("GPTQ/AWQ calibration samples (windows of the built-in "
+     "calibration text, or of wikitext2/wikitext-2-raw/wiki.train.raw in --qb-data-dir)"), "16"),
+    ("--qb-calibration-seq-len", "qb_calibration_seq_len", "tokens per GPTQ/AWQ calibration sample", "128"),
 ]
 
 
@@ -72,13 +89,16 @@ class Thresholds:
     min_tokens_per_s: float | None = None
     max_ms_per_token: float | None = None
     max_perplexity_increase: float | None = None  # percent, for tasks without accuracy (perplexity)
+    max_kl: float | None = None  # mean KL divergence from the baseline precision, nats
+    min_top1_agreement: float | None = None  # percent of positions whose top token matches the baseline's
+    drop_test: str | None = None  # "point" (None) or "significant": when an accuracy drop fails
 
     def updated(self, **overrides) -> Thresholds:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(overrides) - known
         if unknown:
             raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return dataclasses.replace(self, **{k: None if v is None else float(v) for k, v in overrides.items()})
+        return dataclasses.replace(self, **{k: _threshold_value(k, v) for k, v in overrides.items()})
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,12 @@ class Settings:
     gpus_per_worker: int = 1
     ppl_context: int | None = None  # perplexity window length in tokens (None: the model's maximum)
     ppl_stride: int | None = None  # perplexity window step (None: the window length)
+    max_repeats: int = 20
+    modes: tuple[str, ...] = ("eager",)
+    target_cv: float = 0.03
+    max_time_s: float = 10.0
+    calibration_samples: int = 16  # GPTQ/AWQ (quantize.py)
+    calibration_seq_len: int = 128
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -110,6 +136,12 @@ def split_list(value: str | list[str] | None) -> list[str]:
         return []
     parts = value if isinstance(value, list) else [value]
     return [p.strip() for part in parts for p in part.replace("\n", ",").split(",") if p.strip()]
+
+
+def split_models(value: str | list[str] | None) -> list[str]:
+    """Models come one per option or ini line; a comma is part of a source (synthetic:preset:a=1,b=2)."""
+    parts = value if isinstance(value, list) else [value or ""]
+    return [line.strip() for part in parts for line in part.splitlines() if line.strip()]
 
 
 def resolve_device(name: str) -> str:
@@ -153,6 +185,34 @@ def _getter(config):
     return get
 
 
+DROP_TESTS = ("point", "significant")
+
+
+def parse_drop_test(value) -> str | None:
+    """'point' (the drop's point estimate is held to the limit) or 'significant' (it fails only when the paired
+    interval excludes zero too); None when unset."""
+    if value in (None, ""):
+        return None
+    name = str(value).strip().lower()
+    if name not in DROP_TESTS:
+        raise ValueError(f"unknown drop test {value!r}; valid: {', '.join(DROP_TESTS)}")
+    return name
+
+
+def _threshold_value(name: str, value):
+    return parse_drop_test(value) if name == "drop_test" else _float_or_none(name, value)
+
+
+def check_modes(modes: list[str]) -> list[str]:
+    from .compiled import MODES
+
+    modes = [m.lower() for m in modes]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(MODES)}")
+    return modes
+
+
 def check_names(config) -> None:
     """Validate precision and decoding names early (no torch import): raises ValueError listing valid names."""
     from .decoding import parse_decoding
@@ -163,6 +223,8 @@ def check_names(config) -> None:
         parse_precision(name)
     for name in split_list(get("qb_decoding")):
         parse_decoding(name)
+    check_modes(split_list(get("qb_mode") or "eager"))
+    parse_drop_test(get("qb_drop_test"))
     from .regression import load_baseline, parse_tolerances
 
     parse_tolerances(get("qb_fail_on") or "")
@@ -192,10 +254,10 @@ def read_settings(config) -> Settings:
     limit = get("qb_limit")
     data_dir = get("qb_data_dir")
     thresholds = Thresholds(
-        **{key: _float_or_none(key, get(f"qb_{key}")) for key in (f.name for f in dataclasses.fields(Thresholds))}
+        **{key: _threshold_value(key, get(f"qb_{key}")) for key in (f.name for f in dataclasses.fields(Thresholds))}
     )
     return Settings(
-        models=tuple(split_list(get("qb_model"))),
+        models=tuple(split_models(get("qb_model"))),
         precisions=tuple(dict.fromkeys(precisions)),
         decodings=tuple(dict.fromkeys(decodings)),
         device=device,
@@ -214,4 +276,10 @@ def read_settings(config) -> Settings:
         gpus_per_worker=max(1, _positive_int("--qb-gpus-per-worker", get("qb_gpus_per_worker"))),
         ppl_context=_positive_int("--qb-ppl-context", get("qb_ppl_context")) or None if get("qb_ppl_context") else None,
         ppl_stride=_positive_int("--qb-ppl-stride", get("qb_ppl_stride")) or None if get("qb_ppl_stride") else None,
+        max_repeats=max(1, _positive_int("--qb-max-repeats", get("qb_max_repeats"))),
+        modes=tuple(dict.fromkeys(check_modes(split_list(get("qb_mode") or "eager")))),
+        target_cv=_float_or_none("--qb-target-cv", get("qb_target_cv")) or 0.0,
+        max_time_s=_float_or_none("--qb-max-time", get("qb_max_time")) or 0.0,
+        calibration_samples=max(1, _positive_int("--qb-calibration-samples", get("qb_calibration_samples"))),
+        calibration_seq_len=max(8, _positive_int("--qb-calibration-seq-len", get("qb_calibration_seq_len"))),
     )

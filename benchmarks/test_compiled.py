@@ -1,0 +1,37 @@
+"""Compiled decode mode keeps the outputs: greedy tokens from the compiled decode loop against eager `generate`, for
+the same precision, on a fixed prompt set. Runs when `--qb-mode` includes compiled (e.g. `--qb-mode eager,compiled`).
+
+Token agreement is the fraction of generated positions that match before the first divergence. fp32 must agree
+exactly; lower precisions may differ where compiled kernels round differently, so they are recorded and held to
+half the tokens (a compiled loop that is wrong diverges at once).
+"""
+
+import pytest
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain in a few sentences why the sky is blue.",
+]
+NEW_TOKENS = 16
+
+
+@pytest.mark.quantbench(decodings=["greedy"], modes=["compiled"])
+def test_compiled_matches_eager(quantbench):
+    from pytest_quantbench.compiled import decoder_for
+
+    handle = quantbench.model
+    decoder = decoder_for(handle)
+    agreement = []
+    for prompt in PROMPTS:
+        inputs = handle.encode([handle.format_prompt(prompt)])
+        eager = handle.generate_ids(inputs, quantbench.case.decoding, NEW_TOKENS, exact_length=True)[0, -NEW_TOKENS:]
+        compiled = decoder.generate(inputs["input_ids"], quantbench.case.decoding, NEW_TOKENS)[0, -NEW_TOKENS:]
+        same = (eager == compiled).tolist()
+        agreement.append((same + [False]).index(False) / NEW_TOKENS)
+    mean = sum(agreement) / len(agreement)
+    quantbench.record.metrics["compiled_token_agreement"] = mean
+    if quantbench.case.precision.name == "fp32":
+        assert mean == 1.0, f"compiled greedy tokens differ from eager in fp32: agreement {agreement}"
+    assert mean >= 0.5, f"compiled greedy tokens diverge early from eager: agreement per prompt {agreement}"

@@ -1,0 +1,138 @@
+"""Compiled decode mode: a static KV cache and one decode step captured by torch.compile (CUDA graphs on a GPU), in
+the manner of gpt-fast's generate.py: prefill once, then decode one token at a time with no per-step Python beyond
+a function call. Eager `generate` spends most of a small model's step in Python and kernel launches; this shows
+what a precision's kernels can really do.
+
+Greedy and sampling run here. Beam search reorders the cache every step and is left to eager mode (skip reason).
+Precisions whose kernels break graphs (bitsandbytes, GPTQModel, offload) compile with graph breaks and without
+CUDA graphs; the record says so (`compile_fallback`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("eager", "compiled")
+
+
+def why_not_compiled(decoding, family: str = "decoder") -> str | None:
+    """A reason this decoding (or model family) cannot run in compiled mode, or None."""
+    if decoding.generate_kwargs.get("num_beams", 1) > 1:
+        return (f"{decoding.name} in compiled mode: beam search reorders the KV cache every step, which the compiled "
+                "decode loop does not do; measure it in eager mode")
+    if family != "decoder":
+        return f"compiled mode covers decoder-only models; this one is {family}"
+    return None
+
+
+@dataclass
+class CompiledDecoder:
+    """Per loaded model: the compiled step and a static cache kept between calls (so CUDA graphs replay)."""
+
+    model: Any
+    fullgraph: bool
+    step: Any = None
+    cache: Any = None
+    cache_shape: tuple = ()
+    compile_s: float | None = None
+    calls: int = 0
+    fallback: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    def _cache_for(self, batch: int, length: int):
+        from transformers import StaticCache
+
+        if self.cache is None or self.cache_shape != (batch, length):
+            self.cache = StaticCache(config=self.model.config, max_cache_len=length)  # filled lazily by the prefill
+            self.cache_shape = (batch, length)
+        else:
+            self.cache.reset()
+        return self.cache
+
+    def _compile(self) -> None:
+        import torch
+
+        def decode_one_token(input_ids, cache_position, cache):
+            logits = self.model(input_ids=input_ids, cache_position=cache_position, past_key_values=cache,
+                                use_cache=True).logits[:, -1]
+            return logits
+
+        mode = "reduce-overhead" if self.fullgraph and _device(self.model).type == "cuda" else None
+        self.step = torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph, dynamic=False)
+
+    def generate(self, input_ids, decoding, max_new_tokens: int, marks=None):
+        """Token ids (prompt + exactly `max_new_tokens`: end-of-sequence is suppressed, as eager measurement runs
+        do with min_new_tokens) for one prompt batch; `marks()` is called after each step."""
+        import torch
+
+        ends = self.model.generation_config.eos_token_id
+        ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+
+        if self.step is None:
+            self._compile()
+        sequences = decoding.num_responses
+        ids = input_ids.repeat_interleave(sequences, dim=0)
+        prompt = ids.shape[1]
+        start = time.perf_counter()
+        with torch.inference_mode():  # the cache's tensors are inference tensors: reset them inside it too
+            cache = self._cache_for(ids.shape[0], prompt + max_new_tokens)
+            logits = self.model(input_ids=ids, cache_position=torch.arange(prompt, device=ids.device),
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            token = _pick(logits, decoding, ends)
+            if marks:
+                marks()
+            out = [token]
+            position = torch.tensor([prompt], device=ids.device)
+            for _ in range(max_new_tokens - 1):
+                logits = self.step(token[:, None], position, cache)
+                token = _pick(logits, decoding, ends)
+                position += 1
+                if marks:
+                    marks()
+                out.append(token)
+        if self.calls == 0:  # the first call compiles (and records CUDA graphs); later calls replay
+            if ids.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.compile_s = time.perf_counter() - start
+        self.calls += 1
+        return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
+
+
+def _pick(logits, decoding, suppressed: list[int] = ()):
+    """Greedy argmax, or nucleus sampling with the decoding's temperature and top-p; `suppressed` tokens never."""
+    import torch
+
+    if suppressed:
+        logits = logits.clone()
+        logits[:, list(suppressed)] = float("-inf")
+    kwargs = decoding.generate_kwargs
+    if not kwargs.get("do_sample"):
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / kwargs.get("temperature", 1.0), dim=-1)
+    top_p = kwargs.get("top_p", 1.0)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        choice = torch.multinomial(sorted_probs, 1)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def _device(model):
+    return model.get_input_embeddings().weight.device
+
+
+def decoder_for(handle) -> CompiledDecoder:
+    """The handle's compiled decoder, made on first use."""
+    decoder = getattr(handle, "compiled", None)
+    if decoder is None:
+        fullgraph = handle.precision.compiles
+        decoder = CompiledDecoder(handle.model, fullgraph=fullgraph)
+        if not fullgraph:
+            decoder.fallback = (f"{handle.precision.library} kernels break torch.compile graphs: compiled with graph "
+                                "breaks, no CUDA graphs")
+        handle.compiled = decoder
+    return decoder

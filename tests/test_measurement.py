@@ -1,0 +1,137 @@
+"""Precisions beyond bitsandbytes (torchao, offload), synthetic-weight models, calibrated repeats, MBU, and the
+compiled decode mode, on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_quantbench.decoding import parse_decoding
+from pytest_quantbench.measure import decode_bytes_per_step, repeat_until_stable, summarize
+from pytest_quantbench.models import ModelLoadError, load_model, resolve_model
+from pytest_quantbench.precisions import parse_precision, parse_size_mb
+from pytest_quantbench.synthetic import PRESETS, byte_tokenizer, parameter_count, synthetic_config
+
+TINY_QWEN = ("synthetic:qwen2.5-0.5b:num_hidden_layers=2,hidden_size=64,intermediate_size=128,"
+             "num_attention_heads=4,num_key_value_heads=2,vocab_size=512")
+
+
+def test_precision_grammar_and_reasons():
+    assert parse_precision("offload@2GB+disk").options == (("budget_mb", 2048.0), ("disk", True))
+    assert dict(parse_precision("gptq@8bit,g32+desc").options) == {"bits": 8, "group_size": 32, "desc": True}
+    assert parse_precision("int4wo@g32").option("group_size") == 32
+    assert parse_size_mb("512MB") == 512 and parse_size_mb("1.5G") == 1536
+    with pytest.raises(ValueError, match="needs an argument: offload@<size>"):
+        parse_precision("offload")
+    with pytest.raises(ValueError, match=r"has no \+dq \(accepted: \+desc, \+asym\)"):
+        parse_precision("gptq+dq")
+    with pytest.raises(ValueError, match="bits must be 2, 3, 4 or 8"):
+        parse_precision("awq@5bit")
+    with pytest.raises(ValueError, match="not a memory size"):
+        parse_precision("offload@lots")
+    assert "needs a CUDA GPU" in parse_precision("fp8").why_unavailable("cpu")
+    assert "needs a CUDA GPU" in parse_precision("fp8dyn").why_unavailable("cpu")
+
+
+def test_repeats_stop_when_stable_and_flag_noise():
+    steady = iter([1.0, 1.001, 0.999, 1.0] + [1.0] * 50)
+    assert len(repeat_until_stable(lambda: next(steady), 3, 20, 0.03, 60)) == 3
+    noisy = iter([1.0, 2.0] * 50)
+    results = repeat_until_stable(lambda: next(noisy), 3, 9, 0.03, 60)
+    assert len(results) == 9 and summarize(results)["cv"] > 0.03
+    alternating = iter([1.0, 3.0] * 50)
+    assert len(repeat_until_stable(lambda: next(alternating), 2, 50, 0.0, 0.0)) == 2  # no time: the minimum only
+
+
+def test_summarize_hand_computed():
+    stats = summarize([1.0, 2.0, 3.0, 4.0])
+    assert stats["median"] == 2.5 and stats["iqr"] == pytest.approx(1.5)
+    assert stats["cv"] == pytest.approx(1.2909944 / 2.5)
+
+
+def test_synthetic_presets_have_the_published_sizes():
+    assert parameter_count(PRESETS["qwen2.5-7b"]) == pytest.approx(7.62e9, rel=0.01)
+    assert parameter_count(PRESETS["qwen2.5-0.5b"]) == pytest.approx(0.494e9, rel=0.01)
+    assert parameter_count(PRESETS["llama-3.2-1b"]) == pytest.approx(1.24e9, rel=0.01)
+    assert parameter_count(PRESETS["phi-2"]) == pytest.approx(2.78e9, rel=0.01)
+    assert parameter_count(PRESETS["qwen2.5-14b"]) == pytest.approx(14.77e9, rel=0.01)
+    label, config = synthetic_config("qwen2.5-7b:num_hidden_layers=2,rope_theta=10.5")
+    assert label == "qwen2.5-7b" and config["num_hidden_layers"] == 2 and config["rope_theta"] == 10.5
+    with pytest.raises(ValueError, match="unknown synthetic preset 'qwen9'"):
+        synthetic_config("qwen9")
+    tokenizer = byte_tokenizer()
+    ids = tokenizer("héllo")["input_ids"]
+    assert len(ids) == 6 and tokenizer.decode(ids) == "héllo"
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("QB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    return resolve_model(TINY_QWEN)
+
+
+def test_synthetic_model_loads_in_every_cpu_precision(tiny_synthetic):
+    spec = tiny_synthetic
+    assert spec.kind == "synthetic" and spec.name.startswith("synthetic-qwen2.5-0.5b-")
+    sizes = {}
+    for name in ("fp32", "bf16", "int8", "nf4", "int8wo", "int4wo"):
+        handle = load_model(spec, parse_precision(name), "cpu")
+        sizes[name] = handle.footprint_mb
+        out = handle.generate_ids(handle.encode(["abc"]), parse_decoding("greedy"), 3, exact_length=True)
+        assert out.shape[1] == 3 + 3
+    assert handle.source["kind"] == "synthetic" and handle.source["config"]["hidden_size"] == 64
+    assert sizes["bf16"] == pytest.approx(sizes["fp32"] / 2, rel=0.01)
+    assert sizes["int8wo"] < sizes["fp32"] and sizes["nf4"] < sizes["bf16"]
+
+
+def test_offload_places_what_fits_and_generates(tiny_synthetic):
+    handle = load_model(tiny_synthetic, parse_precision("offload@0.2MB"), "cpu")  # the layers are ~180 KB each
+    places = handle.model.hf_device_map
+    assert places["model.embed_tokens"] == "cpu" and places["model.layers.0"] == "disk"
+    out = handle.generate_ids(handle.encode(["abc"]), parse_decoding("greedy"), 3, exact_length=True)
+    everything = load_model(tiny_synthetic, parse_precision("offload@1GB"), "cpu")
+    expected = everything.generate_ids(everything.encode(["abc"]), parse_decoding("greedy"), 3, exact_length=True)
+    assert out.tolist() == expected.tolist()  # the same weights, wherever they live
+    assert set(getattr(everything.model, "hf_device_map", {"": "cpu"}).values()) == {"cpu"}
+
+
+def test_bad_synthetic_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "cfg.json"
+    bad.write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ModelLoadError, match="has no model_type"):
+        resolve_model(f"synthetic:{bad}")
+
+
+def test_decode_bytes_per_step_hand_computed(tiny_synthetic):
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    # Tied head: the embedding counts once, as the head; buffers (rotary frequencies) are read too.
+    params = sum(t.numel() for t in [*handle.model.parameters(), *handle.model.buffers()])
+    kv = 2 * 2 * 2 * 16 * 4 * 10 * 3  # k and v, layers, kv heads, head dim, fp32 bytes, context, sequences
+    assert decode_bytes_per_step(handle.model, sequences=3, context_tokens=10) == pytest.approx(params * 4 + kv)
+
+
+def test_synthetic_accuracy_is_skipped_with_a_reason(pytester):
+    pytester.makepyfile("""
+        def test_accuracy(quantbench):
+            quantbench.evaluate("simple", limit=2)
+    """)
+    result = pytester.runpytest_subprocess(f"--qb-model={TINY_QWEN}", "--qb-precision=fp32", "--qb-decoding=greedy",
+                                           "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*has random weights (synthetic model), so accuracy would be meaningless*"])
+
+
+@pytest.mark.slow
+def test_compiled_greedy_tokens_equal_eager_on_smollm2():
+    from pytest_quantbench.compiled import decoder_for
+
+    handle = load_model(resolve_model("smollm2-135m"), parse_precision("fp32"), "cpu")
+    inputs = handle.encode([handle.format_prompt("What is the capital of France?")])
+    greedy = parse_decoding("greedy")
+    eager = handle.generate_ids(inputs, greedy, 6, exact_length=True)[0, -6:].tolist()
+    compiled = decoder_for(handle).generate(inputs["input_ids"], greedy, 6)[0, -6:].tolist()
+    assert compiled == eager
+    assert decoder_for(handle).compile_s > 0

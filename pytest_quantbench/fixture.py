@@ -43,6 +43,7 @@ class QuantBenchmark:
         self.baseline_accuracy_pct: dict[str, float] = {}
         self.task_metrics: dict[str, dict] = {}  # task -> its result's metrics (stderr, chance level, perplexity)
         self.baseline_task_metrics: dict[str, dict] = {}
+        self.paired: dict[str, object] = {}  # task -> stats.PairedComparison against the baseline's result
         self._handle: ModelHandle | None = None
 
     @property
@@ -88,7 +89,9 @@ class QuantBenchmark:
         task = get_task(task_name)
         if self.settings.limit is not None:  # the command line wins over the test's own choice; 0 means all
             limit = self.settings.limit or None
-        tokens = min(self.settings.max_new_tokens, getattr(task, "max_new_tokens", self.settings.max_new_tokens))
+        # A task with its own budget (`new_tokens`, e.g. HumanEval) keeps it; the others cap at --qb-max-new-tokens.
+        tokens = getattr(task, "new_tokens", None) or min(self.settings.max_new_tokens,
+                                                          getattr(task, "max_new_tokens", self.settings.max_new_tokens))
         try:
             result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
                                               tokens, handle=self.model)
@@ -109,7 +112,42 @@ class QuantBenchmark:
             if baseline.accuracy is not None:
                 self.baseline_accuracy_pct[task.name] = baseline.accuracy * 100
             self.baseline_task_metrics[task.name] = baseline.metrics
+            self._compare_with_baseline(task.name, result, baseline)
         return result.accuracy * 100 if result.accuracy is not None else result.metrics[result.main_metric]
+
+    def _compare_with_baseline(self, name: str, result, baseline) -> None:
+        """Paired statistics and answer flips (same items, both precisions) and the drift of output length."""
+        from .stats import compare_paired
+        from .tasks.fidelity import length_ratio
+
+        details: dict = {}
+        if result.correct and len(result.correct) == len(baseline.correct):
+            paired = compare_paired(baseline.correct, result.correct, baseline.scores or None, result.scores or None)
+            self.paired[name] = paired
+            details.update(paired.as_dict())
+        ratio = length_ratio(baseline.metrics, result.metrics)
+        if ratio is not None:
+            details["length_ratio"] = ratio
+        if details:
+            self.record.task_details[name]["vs_baseline"] = {"precision": self.baseline_precision, **details}
+
+    def fidelity(self, prompts: list[str] | None = None) -> dict:
+        """KL divergence (mean and p99 over positions, nats) and top-1 agreement (%) of this case's next-token
+        distributions against the baseline precision's, teacher-forced on `prompts` (default: the built-in set);
+        recorded as metrics and held to max_kl / min_top1_agreement. The baseline's side is computed once and cached."""
+        from .precisions import parse_precision
+        from .tasks import fidelity
+
+        source = self.model.source
+        self._handle = None  # let the cache swap in the baseline if its summary must be computed
+        summary = self.session.fidelity_summary(self.case.model, parse_precision(self.baseline_precision), source,
+                                                prompts)
+        metrics = fidelity.compare(summary, fidelity.HandleLogits(self.model))
+        self.record.metrics.update(metrics)
+        self.record.task_details["fidelity"] = {"baseline": self.baseline_precision, "prompts": len(summary.tokens),
+                                                "prompt_set": fidelity.PROMPT_SET_VERSION if prompts is None else "custom",
+                                                "top_k": int(summary.top_ids.shape[1])}
+        return metrics
 
     def enforce_thresholds(self) -> None:
         """Check every applicable threshold; fail the test listing each one crossed."""
@@ -117,7 +155,7 @@ class QuantBenchmark:
             self.thresholds, self.record.metrics, self.case.precision.name,
             {t: v / 100 for t, v in self.record.accuracy_pct.items()}, self.baseline_precision,
             {t: v / 100 for t, v in self.baseline_accuracy_pct.items()},
-            task_metrics=self.task_metrics, baseline_task_metrics=self.baseline_task_metrics,
+            task_metrics=self.task_metrics, baseline_task_metrics=self.baseline_task_metrics, paired=self.paired,
         )
         try:
             checks += self.session.regression_checks(self.record)

@@ -175,6 +175,7 @@ class ModelHandle:
     load_s: float
     footprint_mb: float
     source: dict = field(default_factory=dict)
+    new_token_counts: list[int] = field(default_factory=list)  # per generated sequence, appended by generate()
 
     def format_prompt(self, text: str) -> str:
         """Wrap a user message in the chat template when the tokenizer has one."""
@@ -188,13 +189,16 @@ class ModelHandle:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch.to(self.model.device)
 
-    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None):
+    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None,
+                     stop: list[str] | None = None):
         import torch
         from transformers import LogitsProcessorList
 
         kwargs = decoding.kwargs()
         if logits_processor:
             kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
+        if stop:  # a sequence ends once it has produced one of these strings
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         if exact_length:
             kwargs["min_new_tokens"] = max_new_tokens
         with torch.inference_mode():
@@ -223,22 +227,45 @@ class ModelHandle:
 
     def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 40) -> list[list[str]]:
         """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
+        return self._responses([self.format_prompt(p) for p in prompts], decoding, max_new_tokens, batch_size)
+
+    def complete(self, texts: list[str], decoding, max_new_tokens: int, stop: list[str] | None = None,
+                 batch_size: int = 40) -> list[list[str]]:
+        """Continuations of raw texts (no chat template), each cut before its first stop string; generation ends
+        early once every sequence of a batch has produced one."""
+        responses = self._responses(texts, decoding, max_new_tokens, batch_size, stop)
+
+        def cut(text: str) -> str:
+            return text[: min([text.find(s) for s in stop or () if s in text] + [len(text)])]
+
+        return [[cut(text) for text in answers] for answers in responses]
+
+    def _responses(self, texts: list[str], decoding, max_new_tokens: int, batch_size: int,
+                   stop: list[str] | None = None) -> list[list[str]]:
         from tqdm import tqdm
 
         per_batch = max(1, batch_size // decoding.num_responses)
         responses: list[list[str]] = []
         # Progress goes to the real terminal (pytest captures sys.stderr), and only when it is one.
-        starts = tqdm(range(0, len(prompts), per_batch), desc=f"{self.spec.name} {self.precision.name} "
+        starts = tqdm(range(0, len(texts), per_batch), desc=f"{self.spec.name} {self.precision.name} "
                       f"{decoding.name}", unit="batch", leave=False, file=sys.__stderr__,
                       disable=not (sys.__stderr__ and sys.__stderr__.isatty()))
+        ends = {self.tokenizer.pad_token_id, *_as_list(getattr(self.model.generation_config, "eos_token_id", None))}
         for start in starts:
-            chunk = [self.format_prompt(p) for p in prompts[start : start + per_batch]]
+            chunk = texts[start : start + per_batch]
             inputs = self.encode(chunk)
-            output = self.generate_ids(inputs, decoding, max_new_tokens)
-            texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            new = self.generate_ids(inputs, decoding, max_new_tokens, stop=stop)[:, inputs["input_ids"].shape[1] :]
+            # Generated tokens per sequence, up to its end-of-sequence (the length-drift metric reads them).
+            self.new_token_counts.extend(next((i for i, t in enumerate(row) if t in ends), len(row))
+                                         for row in new.tolist())
+            texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             n = decoding.num_responses
-            responses.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
+            responses.extend(texts_out[i * n : (i + 1) * n] for i in range(len(chunk)))
         return responses
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def quiet_libraries() -> None:

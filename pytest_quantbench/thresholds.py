@@ -21,12 +21,24 @@ class Check:
 
 
 def accuracy_drop(task: str, precision: str, accuracy: float, baseline_precision: str, baseline_accuracy: float,
-                  max_drop_pt: float) -> Check:
-    """Accuracies are fractions; the drop and its limit are in percentage points."""
+                  max_drop_pt: float, paired=None, drop_test: str | None = None) -> Check:
+    """Accuracies are fractions; the drop and its limit are in percentage points. With `paired` (a
+    stats.PairedComparison) the message gives the interval and McNemar's p; `drop_test="significant"` fails only a
+    drop that is over the limit and whose interval excludes zero."""
     drop = (baseline_accuracy - accuracy) * 100
-    passed = drop <= max_drop_pt + 1e-9
+    over = drop > max_drop_pt + 1e-9
+    passed = not over
     message = (f"{task}: {precision} accuracy {accuracy * 100:.1f}% vs {baseline_precision} {baseline_accuracy * 100:.1f}%: "
-               f"drop {drop:.1f} pt {'<=' if passed else '>'} allowed {max_drop_pt:.1f} pt")
+               f"drop {drop:.1f} pt {'>' if over else '<='} allowed {max_drop_pt:.1f} pt")
+    if paired is not None:
+        message += (f" (paired {paired.confidence * 100:.0f}% CI [{paired.ci_low_pt:.1f}, {paired.ci_high_pt:.1f}] pt, "
+                    f"McNemar p={paired.p_value:.3g}, {paired.n} items: {paired.verdict})")
+    if drop_test == "significant" and over:
+        if paired is None:
+            message += "; no per-item results to test significance: judged on the point estimate"
+        elif not paired.significant:
+            passed = True
+            message += "; not failed: the drop is not significant (drop test 'significant')"
     return Check(f"accuracy_drop[{task}]", passed, drop, max_drop_pt, message, baseline_accuracy * 100)
 
 
@@ -58,25 +70,25 @@ def perplexity_increase(task: str, precision: str, value: float, baseline_precis
     return Check(f"perplexity_increase[{task}]", passed, increase, max_increase_pct, message, baseline_value)
 
 
-def at_most(metric: str, value: float, limit: float, unit: str) -> Check:
+def at_most(metric: str, value: float, limit: float, unit: str, digits: int = 1) -> Check:
     passed = value <= limit
-    message = f"{metric} {value:.1f} {unit} {'<=' if passed else '>'} limit {limit:.1f} {unit}"
+    message = f"{metric} {value:.{digits}f} {unit} {'<=' if passed else '>'} limit {limit:.{digits}f} {unit}"
     return Check(metric, passed, value, limit, message)
 
 
-def at_least(metric: str, value: float, limit: float, unit: str) -> Check:
+def at_least(metric: str, value: float, limit: float, unit: str, digits: int = 1) -> Check:
     passed = value >= limit
-    message = f"{metric} {value:.1f} {unit} {'>=' if passed else '<'} minimum {limit:.1f} {unit}"
+    message = f"{metric} {value:.{digits}f} {unit} {'>=' if passed else '<'} minimum {limit:.{digits}f} {unit}"
     return Check(metric, passed, value, limit, message)
 
 
 def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: dict[str, float],
              baseline_precision: str, baseline_accuracies: dict[str, float], task_metrics: dict | None = None,
-             baseline_task_metrics: dict | None = None) -> list[Check]:
+             baseline_task_metrics: dict | None = None, paired: dict | None = None) -> list[Check]:
     """Every check that applies to what a test measured; metrics it did not measure are not checked.
 
     `task_metrics`/`baseline_task_metrics` (task -> its result's metrics) let a baseline at chance go ungated and
-    give perplexity tasks their check."""
+    give perplexity tasks their check; `paired` (task -> stats.PairedComparison) the accuracy drop its interval."""
     checks = []
     task_metrics, baseline_task_metrics = task_metrics or {}, baseline_task_metrics or {}
     if thresholds.max_accuracy_drop is not None and precision != baseline_precision:
@@ -86,7 +98,8 @@ def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: 
                                         thresholds.max_accuracy_drop))
             elif task in baseline_accuracies:
                 checks.append(accuracy_drop(task, precision, accuracy, baseline_precision, baseline_accuracies[task],
-                                            thresholds.max_accuracy_drop))
+                                            thresholds.max_accuracy_drop, (paired or {}).get(task),
+                                            thresholds.drop_test))
     if thresholds.max_perplexity_increase is not None and precision != baseline_precision:
         for task, measured in task_metrics.items():
             base = baseline_task_metrics.get(task, {})
@@ -102,4 +115,9 @@ def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: 
     for metric, limit, check, unit in limits:
         if limit is not None and metric in metrics:
             checks.append(check(metric, metrics[metric], limit, unit))
+    # Fidelity against the baseline precision (the fixture's fidelity()); the baseline itself scores 0 and 100%.
+    if thresholds.max_kl is not None and "kl_mean" in metrics:
+        checks.append(at_most("kl_mean", metrics["kl_mean"], thresholds.max_kl, "nats", digits=4))
+    if thresholds.min_top1_agreement is not None and "top1_agreement_pct" in metrics:
+        checks.append(at_least("top1_agreement_pct", metrics["top1_agreement_pct"], thresholds.min_top1_agreement, "%"))
     return checks

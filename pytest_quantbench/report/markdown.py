@@ -6,6 +6,7 @@ import pandas as pd
 
 from ..results import Record, device_label
 from . import COLUMNS, accuracy_columns, perplexity_columns, records_frame
+from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
 
@@ -62,6 +63,8 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
             lines += [f"### {decoding}", "",
                       _table(group, ["model", "precision", "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
+        lines += decoding_pivot(frame)
+    lines += paired_section(records) + fidelity_section(records)
     checks = [(r, c) for r in records for c in r.checks]
     if checks:
         lines += ["", "## Threshold checks", "", "| test | check | result |", "| --- | --- | --- |"]

@@ -25,6 +25,12 @@ class TaskModel(Protocol):
                               stride: int | None = None) -> list[tuple[float, int]]:
         """Per text: log p(text) and the number of tokens scored (every token once, in windows)."""
 
+    def complete(self, texts: list[str], decoding, max_new_tokens: int, stop: list[str] | None = None) -> list[list[str]]:
+        """Continuations of raw texts (no chat template), each cut before the first stop string."""
+
+    def format_prompt(self, text: str) -> str:
+        """A user message in the model's chat template; the text itself when the model has none."""
+
 
 @dataclass
 class TaskResult:
@@ -36,6 +42,7 @@ class TaskResult:
     by_category: dict[str, float] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)  # a few prompts and responses for the report
     main_metric: str = "accuracy"  # what the task is judged by; a key of `metrics` when accuracy is None
+    scores: list[float] = field(default_factory=list)  # per item in [0, 1] where not just right or wrong (pass@1)
 
 
 class DataUnavailable(Exception):
@@ -75,8 +82,8 @@ def get_task(name: str) -> Task:
     return REGISTRY[name]
 
 
-from . import generation
+from . import code, generation
 
-__all__ = ["REGISTRY", "Task", "TaskModel", "TaskResult", "generation", "get_task", "register"]
+__all__ = ["REGISTRY", "Task", "TaskModel", "TaskResult", "code", "generation", "get_task", "register"]
 from . import multiple_choice, perplexity  # noqa: F401, I001  (register mmlu, arc_easy, arc_challenge; wikitext2)
 from . import images  # noqa: F401  (the built-in image suite, for image-text models)

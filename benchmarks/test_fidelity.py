@@ -5,8 +5,9 @@ depend on the decoding, so greedy only."""
 import pytest
 
 
-# Limits that pass a working 4-bit quantization of SmolLM2-135M (nf4: KL about 0.3 nats, 70% agreement) and fail a
-# broken one (random weights: KL of several nats, agreement near zero).
+# Limits that pass working quantizations of SmolLM2-135M on the CPU (mean KL / top-1 agreement against fp32: bf16
+# 0.002 / 98%, int8 0.03 / 91%, nf4 0.36 / 71%, fp4 0.55 / 59%) and fail a broken one (random weights: KL of several
+# nats, agreement near zero).
 @pytest.mark.quantbench(decodings=["greedy"], max_kl=1.0, min_top1_agreement=50.0)
 def test_fidelity(quantbench):
     metrics = quantbench.fidelity()

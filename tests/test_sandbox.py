@@ -14,7 +14,7 @@ import pytest
 
 from pytest_quantbench.sandbox import Limits, kernel_layers, run_many, run_program
 
-FAST = Limits(timeout_s=3.0)
+FAST = Limits(timeout_s=5.0)  # generous: a busy CI machine starts Python slowly
 LAYERS = {"all": {}, "kernel": {"audit": False}, "audit": {"isolate": False}}
 
 
@@ -175,7 +175,7 @@ def test_work_directory_is_removed_afterwards():
 def test_the_run_goes_on_after_hostile_samples(tmp_path):
     programs = ["assert True\n", "while True:\n    pass\n", "import os\nwhile True:\n    os.fork()\n",
                 f"open({str(tmp_path / 'x')!r}, 'w')\n", "assert 1 == 2\n", "x = 1\n"]
-    results = run_many(programs, Limits(timeout_s=2.0))
+    results = run_many(programs, Limits(timeout_s=3.0))
     assert [r.status for r in results] == ["passed", "timeout", "failed", "failed", "failed", "passed"]
     assert all(r.reason for r in results if not r.passed)
 

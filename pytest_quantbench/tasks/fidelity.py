@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
@@ -76,7 +77,7 @@ class Summary:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # xdist workers may write the same key at once
         np.savez(tmp, lengths=np.array([len(t) for t in self.tokens]), flat=np.array([t for tokens in self.tokens for t in tokens]),
                  top_ids=self.top_ids, top_logprobs=self.top_logprobs, tail_logprob=self.tail_logprob)
         tmp.replace(path)

@@ -96,6 +96,7 @@ class QuantBenchmark:
             result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
                                               tokens, handle=self.model)
         except DataUnavailable as error:
+            self.session.unavailable[task.name] = error
             pytest.skip(f"{task.name}: {error}")
         if result.accuracy is not None:  # a perplexity task has none: its metrics carry it
             self.record.accuracy_pct[task.name] = result.accuracy * 100

@@ -76,12 +76,15 @@ def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) 
     return list(groups.values())
 
 
-def batches(lengths: list[int], budget: int, max_rows: int = 256) -> list[list[int]]:
-    """Indices sorted longest first, cut into batches whose padded size (rows x longest) stays within `budget`."""
+def batches(lengths: list[int], budget: int, max_rows: int = 256, max_padding: float = 0.1) -> list[list[int]]:
+    """Indices sorted longest first, cut into batches whose padded size (rows x longest) stays within `budget` and
+    whose rows are at most `max_padding` shorter than the longest: padding costs as much as real tokens."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     for i in order:
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget and len(out[-1]) < max_rows:
+        longest = lengths[out[-1][0]] if out else 0
+        if out and (len(out[-1]) + 1) * longest <= budget and len(out[-1]) < max_rows \
+                and lengths[i] >= longest * (1 - max_padding):
             out[-1].append(i)
         else:
             out.append([i])

@@ -64,7 +64,7 @@ def test_encode_pair_moves_trailing_space_and_uses_bos_for_empty_context():
 def test_single_token_choices_share_one_forward_pass_and_match_hand_values():
     model, tok = BigramModel(), CharTokenizer()
     # Two questions, four one-token choices each: a->b is the favoured transition.
-    requests = [("ba", c) for c in "ab x"] + [("aab", c) for c in "ab x"]
+    requests = [("ba", c) for c in "ab x"] + [("ab", c) for c in "ab x"]
     scores = scoring.loglikelihood(model, tok, requests)
     expected_first = [MISS, HIT, MISS, MISS]  # after "a" the favoured token is "b"
     expected_second = [MISS, MISS, HIT, MISS]  # after "b" it is " "
@@ -75,8 +75,8 @@ def test_single_token_choices_share_one_forward_pass_and_match_hand_values():
 
 def test_multi_token_continuations_continue_from_the_context():
     model, tok = BigramModel(), CharTokenizer()
-    scores = scoring.loglikelihood(model, tok, [("a", "b a"), ("a", "bx"), ("xa", "b")])
-    # a->b HIT, b->' ' HIT, ' '->a MISS; a->b HIT, b->x MISS; a->b HIT
+    scores = scoring.loglikelihood(model, tok, [("a", "b a"), ("a", "bx"), ("b", " ")])
+    # a->b HIT, b->' ' HIT, ' '->a MISS; a->b HIT, b->x MISS; b->' ' HIT
     assert scores[0][0] == pytest.approx(2 * HIT + MISS, abs=1e-6) and scores[0][1] is False
     assert scores[1][0] == pytest.approx(HIT + MISS, abs=1e-6)
     assert scores[2] == (pytest.approx(HIT, abs=1e-6), True)
@@ -93,8 +93,9 @@ def test_results_come_back_in_request_order_whatever_the_batching():
     assert batched == one_by_one == tiny_batches
 
 
-def test_batches_sort_longest_first_within_the_token_budget():
-    assert scoring.batches([2, 8, 5, 3], budget=10) == [[1], [2, 3], [0]]  # 2 rows x 5 fit, 3 x 5 do not
+def test_batches_sort_longest_first_within_budget_and_padding():
+    assert scoring.batches([20, 80, 50, 48], budget=100) == [[1], [2, 3], [0]]  # 2 x 50 fit, 3 x 50 do not
+    assert scoring.batches([10, 9, 8], budget=100) == [[0, 1], [2]]  # 8 is more than 10% shorter than 10
     assert scoring.batches([4, 4, 4], budget=100, max_rows=2) == [[0, 1], [2]]
 
 

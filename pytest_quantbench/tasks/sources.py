@@ -79,20 +79,36 @@ def first_existing(data_dir: Path | None, candidates: Iterable[str]) -> Path | N
     return None
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host answers at all (`datasets` retries for about 40 s before giving up otherwise)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def hub_rows(path: str, name: str | None, split: str, how_to_provide: str) -> list[Row]:
-    """A split from the hub (or the `datasets` cache); DataUnavailable saying how to provide it when that fails."""
+    """A split from the hub (or, with HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1, from the `datasets` cache);
+    DataUnavailable saying how to provide it when that fails."""
     import os
 
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataUnavailable(f"{path} is not available offline; {how_to_provide}")
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not offline and not hub_reachable():
+        raise DataUnavailable(f"{path} is not in --qb-data-dir and the hub is unreachable; {how_to_provide}")
     try:
         from datasets import load_dataset
 
         table = load_dataset(path, name, split=split)
-    except Exception as error:  # noqa: BLE001  (no network, no cache, auth: all mean "provide the data locally")
+    except Exception as error:  # noqa: BLE001  (no network, not cached, auth: all mean "provide the data locally")
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise DataUnavailable(f"{path} ({name or 'default'}, {split}) could not be loaded ({reason}); "
-                              f"{how_to_provide}") from None
+        raise DataUnavailable(f"{path} ({name or 'default'}, {split}) could not be loaded "
+                              f"{'offline' if offline else ''} ({reason}); {how_to_provide}") from None
     label = f"{path}/{name or ''}:{split}"
     return [(dict(row), f"{label} row {i + 1}") for i, row in enumerate(table)]
 

@@ -101,13 +101,12 @@ def default_image(size: int = DEFAULT_IMAGE_SIZE):
 
 def encode(handle, texts: list[str], images: list | None = None):
     """Model inputs for a batch of (formatted) prompts, with one image per prompt for image-text models (a plain
-    default image where none is given), on the model's input device."""
+    default image where none is given); the caller moves them to the model's device."""
     family = FAMILIES[handle.family]
     if not family.processor:
         if images:
             raise ValueError(f"{handle.spec.name} is a {handle.family} model: it takes no images")
-        batch = handle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=family.special_tokens)
-        return batch.to(handle.input_device)
+        return handle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=family.special_tokens)
     images = list(images) if images else [default_image() for _ in texts]
     token = getattr(handle.processor, "image_token", None)
     if token and not getattr(handle.processor, "chat_template", None):  # the image's place, at the start (PaliGemma)
@@ -116,7 +115,7 @@ def encode(handle, texts: list[str], images: list | None = None):
     batch.pop("labels", None)  # PaliGemma's processor adds training labels; with them generate() would compute a loss
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(_vision_dtype(handle.model))
-    return batch.to(handle.input_device)
+    return batch
 
 
 def _vision_dtype(model):

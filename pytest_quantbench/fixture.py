@@ -56,7 +56,8 @@ class QuantBenchmark:
             self.record.model_info = {"source": self._handle.source, "family": self._handle.family,
                                       "precision_params": self.case.precision.params(self.settings.device),
                                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                                      "device_map": _device_counts(self._handle.model)}
+                                      "device_map": _device_counts(self._handle.model),
+                                      "high_precision": self._handle.high_precision}
         return self._handle
 
     def release(self) -> None:
@@ -87,6 +88,10 @@ class QuantBenchmark:
         from .tasks import DataUnavailable, get_task
 
         task = get_task(task_name)
+        families = getattr(task, "families", None)  # a task for some model families only (images: image-text)
+        if families and self.model.family not in families:
+            pytest.skip(f"{task.name}: for {' or '.join(families)} models only; {self.case.model.name} is "
+                        f"{self.model.family}")
         if self.settings.limit is not None:  # the command line wins over the test's own choice; 0 means all
             limit = self.settings.limit or None
         # A task with its own budget (`new_tokens`, e.g. HumanEval) keeps it; the others cap at --qb-max-new-tokens.

@@ -176,18 +176,25 @@ class ModelHandle:
     footprint_mb: float
     source: dict = field(default_factory=dict)
     new_token_counts: list[int] = field(default_factory=list)  # per generated sequence, appended by generate()
+    processor: Any = None  # image-text models: the AutoProcessor (image processor + tokenizer)
+    high_precision: dict = field(default_factory=dict)  # modules kept out of the quantized format (families.py)
 
     def format_prompt(self, text: str) -> str:
-        """Wrap a user message in the chat template when the tokenizer has one."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        return text
+        """A user message as the model's family expects it: the chat template when the tokenizer has one (decoder
+        models), plain text for a seq2seq model (families.py)."""
+        from .families import format_prompt
 
-    def encode(self, texts: list[str]):
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return batch.to(self.model.device)
+        return format_prompt(self, text)
+
+    def encode(self, texts: list[str], images: list | None = None):
+        """Inputs for formatted prompts (and for an image-text model one image each; a plain one if none given)."""
+        from .families import encode
+
+        return encode(self, texts, images).to(self.model.device)
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.processor is not None
 
     def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None,
                      stop: list[str] | None = None):
@@ -229,6 +236,14 @@ class ModelHandle:
         """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
         return self._responses([self.format_prompt(p) for p in prompts], decoding, max_new_tokens, batch_size)
 
+    def generate_with_images(self, prompts: list[str], images: list, decoding, max_new_tokens: int,
+                             batch_size: int = 8) -> list[list[str]]:
+        """Responses per (prompt, image) pair, for image-text models (`accepts_images`)."""
+        if not self.accepts_images:
+            raise ValueError(f"{self.spec.name} is a {self.family} model: it takes no images")
+        return self._responses([self.format_prompt(p) for p in prompts], decoding, max_new_tokens, batch_size,
+                               images=images)
+
     def complete(self, texts: list[str], decoding, max_new_tokens: int, stop: list[str] | None = None,
                  batch_size: int = 40) -> list[list[str]]:
         """Continuations of raw texts (no chat template), each cut before its first stop string; generation ends
@@ -241,8 +256,10 @@ class ModelHandle:
         return [[cut(text) for text in answers] for answers in responses]
 
     def _responses(self, texts: list[str], decoding, max_new_tokens: int, batch_size: int,
-                   stop: list[str] | None = None) -> list[list[str]]:
+                   stop: list[str] | None = None, images: list | None = None) -> list[list[str]]:
         from tqdm import tqdm
+
+        from .families import new_tokens
 
         per_batch = max(1, batch_size // decoding.num_responses)
         responses: list[list[str]] = []
@@ -253,8 +270,8 @@ class ModelHandle:
         ends = {self.tokenizer.pad_token_id, *_as_list(getattr(self.model.generation_config, "eos_token_id", None))}
         for start in starts:
             chunk = texts[start : start + per_batch]
-            inputs = self.encode(chunk)
-            new = self.generate_ids(inputs, decoding, max_new_tokens, stop=stop)[:, inputs["input_ids"].shape[1] :]
+            inputs = self.encode(chunk, images[start : start + per_batch] if images else None)
+            new = new_tokens(self, self.generate_ids(inputs, decoding, max_new_tokens, stop=stop), inputs)
             # Generated tokens per sequence, up to its end-of-sequence (the length-drift metric reads them).
             self.new_token_counts.extend(next((i for i, t in enumerate(row) if t in ends), len(row))
                                          for row in new.tolist())
@@ -282,22 +299,19 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
     """Load `spec` in `precision` on `device` (or spread by `device_map`, e.g. "auto" over several GPUs);
     ModelLoadError with the reason when that fails."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
+
+    from . import families
 
     quiet_libraries()
     path, source = materialize(spec)
     start = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(path)
-        family = model_family(config)
-        if family != "decoder":
-            raise ModelLoadError(f"{spec.name}: {family} models are not supported yet (decoder-only for now)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map or {"": device},
-                                                     **precision.load_kwargs(device))
+        family = model_family(config)  # decoder, encoder-decoder or image-text: how it loads is in families.py
+        tokenizer, processor = families.load_tokenizer(family, path)
+        kwargs = families.adjust_load_kwargs(family, precision, precision.load_kwargs(device))
+        model = families.auto_class(family).from_pretrained(path, device_map=device_map or {"": device}, **kwargs)
         model.eval()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -311,7 +325,8 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
             f"{type(error).__name__}: {error}"
         ) from error
     load_s = time.perf_counter() - start
-    return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source)
+    return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
+                       processor=processor, high_precision=families.high_precision_modules(model, family))
 
 
 class ModelCache:

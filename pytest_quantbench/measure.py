@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import threading
@@ -270,9 +271,18 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     # the first call and records its CUDA graphs on the next ones.
     for _ in range(max(warmup, 3 if mode == "compiled" else 0)):
         run()
-    with MemoryTracker(device) as memory:
+    # Timed runs with the garbage collector paused (its pauses land in random steps) and no memory sampling
+    # (a polling thread contends for the GIL with a host-bound decode loop); memory gets its own run after.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
         results = repeat_until_stable(run, repeats, max_repeats or repeats, target_cv, max_time_s,
                                       key=lambda r: r[2])
+    finally:
+        if collecting:
+            gc.enable()
+    with MemoryTracker(device) as memory:
+        run()
     ttft, latency, decode = (list(values) for values in zip(*results))
     if on_results is not None:
         on_results(latency)

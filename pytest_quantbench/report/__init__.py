@@ -14,20 +14,22 @@ COLUMNS = {
     "ms_per_token": "ms/token",
     "ms_per_token_cv": "ms/token CV (%)",
     "tokens_per_s": "tokens/s",
+    "decode_tokens_per_s": "decode tokens/s",
+    "mbu": "MBU (%)",
     "latency_ms": "latency (ms)",
     "load_s": "load (s)",
 }
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:
-    """One row per (model, precision, decoding): the metrics and accuracies of all its tests merged."""
+    """One row per (model, precision, decoding, mode): the metrics and accuracies of all its tests merged."""
     rows: dict[tuple, dict] = {}
     for record in records:
         if record.outcome == "skipped":
             continue
-        key = (record.model, record.precision, record.decoding)
+        key = (record.model, record.precision, record.decoding, record.mode)
         row = rows.setdefault(key, {"model": record.model, "precision": record.precision, "decoding": record.decoding,
-                                    "device": record.device, "family": "",
+                                    "mode": record.mode, "device": record.device, "family": "",
                                     "compute": record.model_info.get("precision_params", {}).get("compute_dtype", "")})
         row["family"] = row["family"] or record.model_info.get("family", "")  # decoder, encoder-decoder, image-text
         for name, value in record.metrics.items():

@@ -11,12 +11,18 @@ from .recommend import recommendations
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> str:
-    if "ms_per_token_cv" in frame.columns:
-        frame = frame.assign(ms_per_token_cv=frame["ms_per_token_cv"] * 100)
+    for fraction in ("ms_per_token_cv", "mbu"):  # shown as percentages
+        if fraction in frame.columns:
+            frame = frame.assign(**{fraction: frame[fraction] * 100})
     present = [c for c in columns if c in frame.columns]
     headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else
                               f"{c[4:]} word ppl" if c.startswith("ppl:") else c) for c in present}
     return frame[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–")
+
+
+def _mode(frame: pd.DataFrame) -> list[str]:
+    """The mode column, where the session measured more than one (eager and compiled)."""
+    return ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -25,7 +31,7 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     order = frame["decoding"].map(lambda d: 0 if d == "greedy" else 1)
     ordered = frame.assign(_order=order).sort_values("_order", kind="stable")
-    merged = ordered.groupby(["model", "precision"], sort=False).first().reset_index()
+    merged = ordered.groupby(["model", "precision", "mode"], sort=False).first().reset_index()
     return merged.drop(columns="_order")
 
 
@@ -54,17 +60,24 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         families = list(summary_frame(frame).groupby("family", sort=False))
         for family, group in families:  # one table per model family (decoder, encoder-decoder, image-text)
             lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
-            lines += ["", _table(group, ["model", "precision", "family", "compute", *accuracy, *COLUMNS])]
+            lines += ["", _table(group, ["model", "precision", *_mode(frame), "family", "compute", *accuracy, *COLUMNS])]
         advice = recommendations(summary_frame(frame))
         if advice:
             lines += ["", "## Recommendations", "", *advice]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",
-                      _table(group, ["model", "precision", "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
+                      _table(group, ["model", "precision", *_mode(frame), "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
         lines += decoding_pivot(frame)
     lines += paired_section(records) + fidelity_section(records)
+    unstable = [r for r in records if r.metrics.get("unstable")]
+    if unstable:
+        lines += ["", "## Unstable measurements", "",
+                  "Decode ms/token kept varying more than the target after the most repeats allowed: treat these "
+                  "speeds as rough.", "", "| test | ms/token | CV (%) | repeats |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{r.test}` | {r.metrics['ms_per_token']:.2f} | {r.metrics['ms_per_token_cv'] * 100:.1f} | "
+                  f"{r.metrics.get('repeats')} |" for r in unstable]
     checks = [(r, c) for r in records for c in r.checks]
     if checks:
         lines += ["", "## Threshold checks", "", "| test | check | result |", "| --- | --- | --- |"]

@@ -97,6 +97,8 @@ def compare_task(task_name: str, limit: int, batch_sizes: list[int], args, model
 
     result = {"task": task_name, "questions": len(docs), "requests": len(flat),
               "prompt_mismatches": len(prompt_mismatches), "prompt_mismatch_examples": prompt_mismatches[:2]}
+    if args.prompts_only:
+        return result
     start = time.perf_counter()
     ours = scoring.loglikelihood(model, tokenizer, flat, token_budget=args.token_budget)
     result["ours_s"] = time.perf_counter() - start
@@ -145,6 +147,7 @@ def main() -> None:
                         help="NAME=QUESTIONS[:BATCH_SIZES], e.g. mmlu=500 or arc_challenge=300:1,16")
     parser.add_argument("--lm-eval-batch-sizes", default="1,16", help="lm-eval batch sizes for tasks that name none")
     parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.lm_eval_batch_sizes = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
@@ -160,10 +163,12 @@ def main() -> None:
 
     args.token_budget = args.token_budget or scoring.TOKEN_BUDGET
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, device_map={"": "cpu"},
-                                                 **parse_precision(args.precision).load_kwargs("cpu")).eval()
+    kwargs = parse_precision(args.precision).load_kwargs("cpu")
+    kwargs.setdefault("device_map", {"": "cpu"})
+    model = None if args.prompts_only else AutoModelForCausalLM.from_pretrained(args.model, **kwargs).eval()
     lm_eval_dir = Path(lm_eval.__file__).parent
     report = {"precision": args.precision, "model": args.model, "torch_threads": torch.get_num_threads(),
+              "prompts_only": args.prompts_only,
               "lm_eval": getattr(lm_eval, "__version__", "?"), "tasks": []}
     for spec in args.task:
         name, _, rest = spec.partition("=")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing, on a GPU raise it
-SCORED_BUDGET = 1024  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
+SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
 
 
 @dataclass
@@ -76,15 +76,17 @@ def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) 
     return list(groups.values())
 
 
-def batches(lengths: list[int], budget: int, max_rows: int = 256, max_padding: float = 0.1) -> list[list[int]]:
+def batches(lengths: list[int], budget: int, max_rows: int = 256, max_padding: float = 0.1,
+            slack: int = 32) -> list[list[int]]:
     """Indices sorted longest first, cut into batches whose padded size (rows x longest) stays within `budget` and
-    whose rows are at most `max_padding` shorter than the longest: padding costs as much as real tokens."""
+    whose rows are at most `max_padding` (or `slack` tokens) shorter than the longest: padding costs as much as real
+    tokens, but every forward pass has a fixed cost too (a 4-bit model dequantizes all its weights in each)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     for i in order:
         longest = lengths[out[-1][0]] if out else 0
         if out and (len(out[-1]) + 1) * longest <= budget and len(out[-1]) < max_rows \
-                and lengths[i] >= longest * (1 - max_padding):
+                and (lengths[i] >= longest * (1 - max_padding) or longest - lengths[i] <= slack):
             out[-1].append(i)
         else:
             out.append([i])

@@ -95,7 +95,8 @@ def test_results_come_back_in_request_order_whatever_the_batching():
 
 def test_batches_sort_longest_first_within_budget_and_padding():
     assert scoring.batches([20, 80, 50, 48], budget=100) == [[1], [2, 3], [0]]  # 2 x 50 fit, 3 x 50 do not
-    assert scoring.batches([10, 9, 8], budget=100) == [[0, 1], [2]]  # 8 is more than 10% shorter than 10
+    assert scoring.batches([100, 90, 80], budget=1000, slack=10) == [[0, 1], [2]]  # 80: 20%, 20 tokens shorter
+    assert scoring.batches([100, 90, 80], budget=1000, slack=20) == [[0, 1, 2]]
     assert scoring.batches([4, 4, 4], budget=100, max_rows=2) == [[0, 1], [2]]
 
 

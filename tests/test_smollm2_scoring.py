@@ -1,0 +1,67 @@
+"""Batched scoring on the real SmolLM2-135M: padding (left for contexts and windows, right for continuations) and
+batching must not move a number; checked against lm-eval's plain computation, one unpadded request at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data" / "local"
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(smollm2_dir))
+
+
+def _requests():
+    from pytest_quantbench.tasks import get_task
+
+    requests = []
+    for name, count in (("mmlu", 1), ("arc_easy", 2)):  # single-token and multi-token choices, 3 or 4 of them
+        task = get_task(name)
+        requests += [r for doc in task.load(DATA, "test")[:count] for r in task.requests(doc, [])]
+    return requests
+
+
+def _plain(model, tokenizer, context, continuation):
+    """lm-eval's computation for one request: one unpadded pass over context + continuation, full logits."""
+    import torch
+
+    from pytest_quantbench.scoring import encode_pair
+
+    context_tokens, tokens = encode_pair(tokenizer, context, continuation)
+    with torch.inference_mode():
+        logprobs = model(torch.tensor([(context_tokens + tokens)[:-1]])).logits[0, -len(tokens):].float().log_softmax(-1)
+    target = torch.tensor(tokens)
+    return logprobs.gather(-1, target[:, None]).sum().item(), bool((logprobs.argmax(-1) == target).all())
+
+
+def test_batched_equals_plain_unbatched_within_1e4(smollm2):
+    from pytest_quantbench import scoring
+
+    model, tokenizer = smollm2
+    requests = _requests()
+    batched = scoring.loglikelihood(model, tokenizer, requests)
+    plain = [_plain(model, tokenizer, *r) for r in requests]
+    assert max(abs(a[0] - b[0]) for a, b in zip(batched, plain)) < 1e-4
+    assert [a[1] for a in batched] == [b[1] for b in plain]
+
+
+def test_rolling_batched_equals_alone_within_1e4(smollm2):
+    from pytest_quantbench import scoring
+    from pytest_quantbench.tasks.perplexity import detokenize, load_articles
+
+    model, tokenizer = smollm2
+    texts = [detokenize(a)[:240] for a in load_articles(DATA)]  # two texts of different lengths: left padding
+    together = scoring.loglikelihood_rolling(model, tokenizer, texts, context_length=24, stride=16)
+    for text, (total, n) in zip(texts, together):
+        [(alone, n_alone)] = scoring.loglikelihood_rolling(model, tokenizer, [text], context_length=24, stride=16,
+                                                           token_budget=1)
+        assert n == n_alone and abs(total - alone) < 1e-4

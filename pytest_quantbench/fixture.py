@@ -58,6 +58,11 @@ class QuantBenchmark:
                                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                       "device_map": _device_counts(self._handle.model),
                                       "high_precision": self._handle.high_precision}
+            extra = dict(self._handle.extra)  # GPTQ/AWQ/HQQ (quantize.py): quantization time, kernel, settings
+            if "quantize_s" in extra:
+                self.record.metrics.setdefault("quantize_s", extra.pop("quantize_s"))
+            if extra:
+                self.record.model_info["quantization"] = extra
         return self._handle
 
     def release(self) -> None:

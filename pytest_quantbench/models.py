@@ -178,6 +178,7 @@ class ModelHandle:
     new_token_counts: list[int] = field(default_factory=list)  # per generated sequence, appended by generate()
     processor: Any = None  # image-text models: the AutoProcessor (image processor + tokenizer)
     high_precision: dict = field(default_factory=dict)  # modules kept out of the quantized format (families.py)
+    extra: dict = field(default_factory=dict)  # what a precision's after_load reports (quantize.py: kernel, quantize_s)
 
     def format_prompt(self, text: str) -> str:
         """A user message as the model's family expects it: the chat template when the tokenizer has one (decoder
@@ -326,7 +327,8 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
         ) from error
     load_s = time.perf_counter() - start
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
-                       processor=processor, high_precision=families.high_precision_modules(model, family))
+                       processor=processor, high_precision=families.high_precision_modules(model, family),
+                       extra=dict(getattr(model, "quantbench_info", {})))
 
 
 class ModelCache:

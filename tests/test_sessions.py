@@ -72,7 +72,7 @@ def test_marker_narrows_matrix(pytester, tiny):
 @pytest.mark.parametrize(("option", "message"), [
     ("--qb-precision=fp33", "unknown precision 'fp33'; valid: fp32, fp16, bf16, int8*, nf4*"),
     ("--qb-decoding=beam9", "unknown decoding 'beam9'; valid: greedy, sample, beam2*"),
-    ("--qb-precision=int8@fp16", "precision 'int8' takes no compute dtype*"),
+    ("--qb-precision=int8@fp16", "precision 'int8' takes no @ argument (@fp16)*"),
     ("--qb-device=tpu", "unknown device 'tpu'; valid: auto, cpu, cuda*"),
 ])
 def test_bad_names_are_usage_errors(pytester, tiny, option, message):

@@ -34,8 +34,8 @@ class ModelSpec:
     """What the user asked for: `name` appears in test ids, `source` is where weights come from."""
 
     name: str
-    source: str  # hub id, directory, .gguf path, or an alias
-    kind: str  # "alias", "hub", "dir", "gguf"
+    source: str  # hub id, directory, .gguf path, alias, or synthetic preset/config
+    kind: str  # "alias", "hub", "dir", "gguf", "synthetic"
 
 
 def _id_name(source: str) -> str:
@@ -46,10 +46,21 @@ def _id_name(source: str) -> str:
 
 def resolve_model(arg: str) -> ModelSpec:
     """'smollm2-135m', 'org/model', './dir', 'file.gguf' or 'NAME=SOURCE' -> a ModelSpec."""
-    name, _, source = arg.partition("=") if "=" in arg else ("", "", arg)
+    named = "=" in arg and ":" not in arg.partition("=")[0]  # synthetic:preset:key=value has '=' of its own
+    name, _, source = arg.partition("=") if named else ("", "", arg)
     source = source.strip()
     if not source:
         raise ModelLoadError(f"empty model source in {arg!r}")
+    if source.startswith("synthetic:"):
+        from .synthetic import SyntheticError, synthetic_config
+
+        try:
+            label, _ = synthetic_config(source.removeprefix("synthetic:"))
+        except SyntheticError as error:
+            raise ModelLoadError(str(error)) from error
+        custom = ":" in source.removeprefix("synthetic:")
+        default = f"synthetic-{label}" + (f"-{hashlib.sha256(source.encode()).hexdigest()[:6]}" if custom else "")
+        return ModelSpec(name.strip() or default, source.removeprefix("synthetic:"), "synthetic")
     if source.lower() in ALIASES:
         return ModelSpec(name.strip() or source.lower(), source.lower(), "alias")
     path = Path(os.path.expanduser(source))
@@ -143,6 +154,10 @@ def materialize(spec: ModelSpec) -> tuple[Path, dict]:
             "kind": "gguf", "id": ALIASES[spec.source], "file": gguf.name, "sha256": sha,
             "note": "embedded GGUF (Q4_1) dequantized to fp32: the full-precision baseline is the dequantized Q4_1 weights",
         }
+    if spec.kind == "synthetic":
+        from .synthetic import materialize_synthetic
+
+        return materialize_synthetic(spec.source, cache_root())
     if spec.kind == "gguf":
         path, sha = convert_gguf(Path(spec.source))
         return path, {"kind": "gguf", "file": Path(spec.source).name, "sha256": sha}
@@ -176,6 +191,7 @@ class ModelHandle:
     footprint_mb: float
     source: dict = field(default_factory=dict)
     new_token_counts: list[int] = field(default_factory=list)  # per generated sequence, appended by generate()
+    compiled: Any = None  # the compiled decoder (compiled.py), made on first use in compiled mode
     processor: Any = None  # image-text models: the AutoProcessor (image processor + tokenizer)
     high_precision: dict = field(default_factory=dict)  # modules kept out of the quantized format (families.py)
     extra: dict = field(default_factory=dict)  # what a precision's after_load reports (quantize.py: kernel, quantize_s)
@@ -191,11 +207,19 @@ class ModelHandle:
         """Inputs for formatted prompts (and for an image-text model one image each; a plain one if none given)."""
         from .families import encode
 
-        return encode(self, texts, images).to(self.model.device)
+        return encode(self, texts, images).to(self.input_device)
 
     @property
     def accepts_images(self) -> bool:
         return self.processor is not None
+
+    @property
+    def input_device(self) -> str:
+        """Where inputs go: the model's device, or for a model spread by accelerate (offload, several GPUs) its
+        first execution device (offloaded weights sit on `meta` and stream in from CPU RAM or disk)."""
+        if getattr(self.model, "hf_device_map", None) and len(set(self.model.hf_device_map.values())) > 1:
+            return "cuda:0" if self.device == "cuda" else "cpu"
+        return str(self.model.device)
 
     def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None,
                      stop: list[str] | None = None):
@@ -311,8 +335,16 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
         config = AutoConfig.from_pretrained(path)
         family = model_family(config)  # decoder, encoder-decoder or image-text: how it loads is in families.py
         tokenizer, processor = families.load_tokenizer(family, path)
-        kwargs = families.adjust_load_kwargs(family, precision, precision.load_kwargs(device))
-        model = families.auto_class(family).from_pretrained(path, device_map=device_map or {"": device}, **kwargs)
+        if precision.prepare is not None:  # e.g. quantize once through GPTQModel, cached on disk
+            path = precision.prepare(precision, path, device)
+        kwargs = precision.load_kwargs(device)
+        if precision.placement is not None:  # e.g. offload: what fits a memory budget, the rest elsewhere
+            kwargs.update(precision.placement(precision, path, device))
+        kwargs.setdefault("device_map", device_map or {"": device})
+        kwargs = families.adjust_load_kwargs(family, precision, kwargs)
+        model = families.auto_class(family).from_pretrained(path, **kwargs)
+        if precision.after_load is not None:  # e.g. HQQ, applied to the loaded model's linear layers
+            model = precision.after_load(precision, model, device)
         model.eval()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -358,7 +390,12 @@ class ModelCache:
 
     def release(self) -> None:
         """Free the current model (and the CUDA cache) so the next one's memory figures start clean."""
+        compiled = getattr(self.handle, "compiled", None) is not None
         self.key, self.handle, self.error = None, None, None
+        if compiled:  # compiled graphs hold the model's tensors until dynamo forgets them
+            import torch
+
+            torch.compiler.reset()
         gc.collect()
         if sys.platform.startswith("linux"):  # hand freed heap back to the OS so the next model's RSS starts clean
             ctypes.CDLL("libc.so.6").malloc_trim(0)

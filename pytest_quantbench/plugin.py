@@ -116,7 +116,9 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(session, config, items):
     """Run all tests of one (model, precision) together, the baseline precision first, so each loads once."""
     state = config.stash[SESSION]
+    # A test whose marker narrows the matrix to nothing gets pytest's empty-parameter-set placeholder, not a Case.
     cases = [(item, item.callspec.params.get(CASE_ARG) if hasattr(item, "callspec") else None) for item in items]
+    cases = [(item, case if isinstance(case, Case) else None) for item, case in cases]
     if not any(case for _, case in cases):
         return
     settings = state.settings

@@ -168,6 +168,7 @@ class MultipleChoiceTask:
     stratum: Callable[[dict], str] = lambda doc: ""  # what --qb-limit keeps represented
     num_fewshot: int = 0
     version: str = "1"
+    families: tuple[str, ...] = ("decoder",)  # scoring.py scores causal LMs; the fixture skips other families
     needs_real_weights: bool = True
 
     def with_fewshot(self, k: int) -> MultipleChoiceTask:

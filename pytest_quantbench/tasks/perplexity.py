@@ -78,6 +78,7 @@ def load_articles(data_dir: Path | None) -> list[str]:
 class PerplexityTask:
     name: str = "wikitext2"
     version: str = "1"
+    families: tuple[str, ...] = ("decoder",)  # scoring.py scores causal LMs; the fixture skips other families
     needs_real_weights: bool = True
 
     def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int, data_dir: Path | None = None,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def write_docs(task_name: str, docs: list[dict], shots: dict[str, list[dict]], folder: Path, lm_eval_dir: Path) -> list[str]:
     """Our documents as hub-schema JSON files and one lm-eval task yaml per file; returns the task names."""
     names = []
-    if task_name == "mmlu":
+    if task_name.startswith("mmlu"):
         by_subject: dict[str, list[dict]] = {}
         for doc in docs:
             by_subject.setdefault(doc["subject"], []).append(doc)
@@ -90,7 +90,7 @@ def compare_task(task_name: str, limit: int, batch_sizes: list[int], args, model
     names = write_docs(task_name, docs, shots, folder, lm_eval_dir)
     instances = lm_eval_instances(names, folder, task.num_fewshot)
     # Line lm-eval's instances up with our documents: by (subject, question) for MMLU, by id for ARC.
-    key = (lambda d: (d["subject"], d["question"])) if task_name == "mmlu" else (lambda d: d["id"])
+    key = (lambda d: (d["subject"], d["question"])) if task_name.startswith("mmlu") else (lambda d: d["id"])
     keyed = {(key(inst.doc), inst.idx): inst for inst in instances}
     order = [keyed[(key(d), i)] for d, per_doc in zip(docs, ours_requests) for i in range(len(per_doc))]
     prompt_mismatches = [(a.args, b) for a, b in zip(order, flat) if tuple(a.args) != tuple(b)]

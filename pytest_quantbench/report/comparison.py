@@ -69,7 +69,7 @@ def fidelity_section(records: list[Record]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         baseline = r.task_details.get("fidelity", {}).get("baseline", "")
-        lines.append(f"| {r.model} | {r.precision} | {baseline} | {r.metrics['kl_mean']:.4f} | "
-                     f"{r.metrics['kl_p99']:.4f} | {r.metrics['top1_agreement_pct']:.1f} | "
+        lines.append(f"| {r.model} | {r.precision} | {baseline} | {r.metrics['kl_mean']:.3g} | "
+                     f"{r.metrics['kl_p99']:.3g} | {r.metrics['top1_agreement_pct']:.1f} | "
                      f"{int(r.metrics.get('fidelity_positions', 0))} |")
     return lines

@@ -86,6 +86,10 @@ class QuantBenchmark:
                                      settings.max_repeats, settings.target_cv, settings.max_time_s,
                                      on_results=self._to_pytest_benchmark, mode=self.case.mode)
         self.record.metrics.update(metrics)
+        if settings.device == "cuda":  # which physical GPUs ran this case, and what the driver saw on them
+            from .gpus import nvml_gpus
+
+            self.record.model_info["gpus"] = nvml_gpus()
         return metrics
 
     def _to_pytest_benchmark(self, latencies: list[float]) -> None:

@@ -28,3 +28,42 @@ def worker_gpus(worker_id: str, gpus_per_worker: int, gpus: list[str]) -> list[s
                          f"({gpus_per_worker} per worker) but only {len(gpus)} are visible ({','.join(gpus) or 'none'}): "
                          f"use fewer workers (-n) or --qb-gpus-per-worker")
     return block
+
+
+def nvml_gpus() -> list[dict]:
+    """What NVML (the driver, as nvidia-smi) says of each GPU this process sees, in CUDA order: the physical index,
+    name, UUID, memory used and total (MB, every process on that GPU) and utilization. [] without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+    except Exception:  # noqa: BLE001  no NVML library or no driver
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = []
+    for entry in ([g.strip() for g in listed.split(",") if g.strip()] if listed is not None else map(str, range(count))):
+        if entry.isdigit() and int(entry) < count:
+            physical.append(int(entry))
+        else:  # a UUID (or its prefix), as CUDA accepts
+            matches = [i for i, uuid in enumerate(uuids) if uuid.startswith(entry) or uuid.startswith(f"GPU-{entry}")]
+            if matches:
+                physical.append(matches[0])
+    gpus = []
+    for index in physical:
+        handle = handles[index]
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        try:
+            utilization = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:  # noqa: BLE001  not supported on every GPU (MIG)
+            utilization = None
+        gpus.append({"index": index, "name": _text(pynvml.nvmlDeviceGetName(handle)), "uuid": uuids[index],
+                     "nvml_used_mb": memory.used / 2**20, "nvml_total_mb": memory.total / 2**20,
+                     "utilization_pct": utilization})
+    return gpus
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,11 +3,16 @@
 # CUDA machine where the plugin is importable (PYTHONPATH=$PWD or an install). SMOLLM2 points at the SmolLM2 GGUF
 # (default: the alias, which uses the hub or the embedded GGUF); synthetic models need no download.
 set -uo pipefail
+# Several GPUs: NVLink multicast stays off in every process (the machines' rule; harmless elsewhere).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stage=$1
 out=$2
 mkdir -p "$out/$stage"
 smollm2=${SMOLLM2:-smollm2-135m}
-run=(python3 -m pytest benchmarks -p pytest_quantbench.plugin -p no:cacheprovider -q -rs --tb=line --qb-device cuda
+# Load the plugin by module where it is importable but not installed (the GPU machine: PYTHONPATH=$PWD).
+plugin=(-p pytest_quantbench.plugin)
+python3 -c "import importlib.metadata as m, sys; sys.exit(any(e.value.startswith('pytest_quantbench') for e in m.entry_points(group='pytest11')))" || plugin=()
+run=(python3 -m pytest benchmarks "${plugin[@]}" -p no:cacheprovider -q -rs --tb=line --qb-device "${DEVICE:-cuda}"
      --qb-max-time "${QB_MAX_TIME:-6}")
 
 case $stage in
@@ -32,5 +37,17 @@ case $stage in
   families)  # encoder-decoder and image-text shapes with random weights
     "${run[@]}" --qb-model synthetic:flan-t5-base --qb-model synthetic:paligemma-3b --qb-decoding greedy \
       --qb-precision bf16,int8,nf4 -k "speed or memory" --qb-report-dir "$out/$stage" ;;
+  workers)  # one pytest-xdist worker per GPU; each (model, precision) loads on one worker only
+    # shellcheck disable=SC2086
+    "${run[@]}" -n "${WORKERS:-2}" ${MODELS:---qb-model synthetic:qwen2.5-7b --qb-model synthetic:qwen2.5-14b} \
+      --qb-precision "${PRECISIONS:-bf16,int8,nf4}" --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" \
+      --qb-report-dir "$out/$stage" ;;
+  split)  # a model too big for one worker's GPU in bf16, split over two with device_map="auto", vs nf4 on one GPU
+    # shellcheck disable=SC2086
+    "${run[@]}" --qb-gpus-per-worker 2 ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision bf16 \
+      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage/bf16-two-gpus"
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=${ONE_GPU:-0} "${run[@]}" ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision nf4 \
+      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage/nf4-one-gpu" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

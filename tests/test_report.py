@@ -64,3 +64,28 @@ def test_write_reports_adds_interactive_page(tmp_path):
     write_reports(records, tmp_path, "pytest benchmarks")
     page = (tmp_path / "quantbench.html").read_text()
     assert page.count("Plotly.newPlot") == 3 and "Accuracy against model footprint" in page
+
+
+def test_gpu_section_shows_workers_physical_gpus_and_split_memory():
+    from pytest_quantbench.report.markdown import gpu_section
+
+    one = Record(test="b.py::test_speed[m-nf4-greedy]", model="m", precision="nf4", decoding="greedy", device="cuda",
+                 worker="gw1", metrics={"peak_allocated_mb": 5000.0, "tokens_per_s": 30.0},
+                 model_info={"gpus": [{"index": 1, "nvml_used_mb": 6100.0}], "device_map": {"cuda:0": 1}})
+    split = Record(test="b.py::test_speed[big-bf16-greedy]", model="big", precision="bf16", decoding="greedy",
+                   device="cuda", metrics={"peak_allocated_mb_gpu0": 31000.0, "peak_allocated_mb_gpu1": 33000.0},
+                   model_info={"gpus": [{"index": 0, "nvml_used_mb": 32000.0}, {"index": 1, "nvml_used_mb": 34000.0}],
+                               "device_map": {"0": 30, "1": 35}})
+    cpu = Record(test="b.py::test_speed[m-fp32-greedy]", model="m", precision="fp32", decoding="greedy", device="cpu")
+    lines = gpu_section([one, split, cpu])
+    assert lines[1] == "## Workers and GPUs"
+    assert "| `test_speed[m-nf4-greedy]` | gw1 | 1 | cuda:0: 1 | 6100 | 5000 | 30.0 |" in lines
+    assert "| `test_speed[big-bf16-greedy]` | main | 0, 1 | 0: 30, 1: 35 | 32000 / 34000 | 31000 / 33000 | – |" in lines
+    assert not any("m-fp32" in line for line in lines) and gpu_section([cpu]) == []
+
+
+def test_nvml_gpus_is_empty_or_describes_visible_gpus(monkeypatch):
+    from pytest_quantbench.gpus import nvml_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert nvml_gpus() == []  # no GPU visible (and on a machine without NVML: nothing to describe either)

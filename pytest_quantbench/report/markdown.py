@@ -70,7 +70,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
                       _table(group, ["model", "precision", *_mode(frame), "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
         lines += decoding_pivot(frame)
-    lines += paired_section(records) + fidelity_section(records)
+    lines += paired_section(records) + fidelity_section(records) + gpu_section(records)
     unstable = [r for r in records if r.metrics.get("unstable")]
     if unstable:
         lines += ["", "## Unstable measurements", "",
@@ -87,6 +87,33 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         lines += ["", "## Skipped and failed", "", "| test | outcome | reason |", "| --- | --- | --- |"]
         lines += [f"| `{r.test}` | {r.outcome} | {(r.reason or '').splitlines()[0] if r.reason else ''} |" for r in troubled]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_section(records: list[Record]) -> list[str]:
+    """Which worker and which physical GPUs ran each measured case (NVML), with memory per GPU: the evidence that
+    a multi-GPU session spread its work, and how a model split with device_map="auto" sits on its GPUs."""
+    rows = [r for r in records if r.model_info.get("gpus")]
+    if not rows:
+        return []
+    lines = ["", "## Workers and GPUs", "",
+             "Physical GPU index and the driver's (NVML) used memory at the end of the case's measurement (every "
+             "process on that GPU); peak allocated is this process's torch allocator peak per GPU.", "",
+             "| test | worker | GPUs (physical) | modules per device | NVML used (MB) | peak allocated (MB) | tokens/s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        gpus = r.model_info["gpus"]
+        if len(gpus) > 1:
+            allocated = [r.metrics.get(f"peak_allocated_mb_gpu{i}") for i in range(len(gpus))]
+        else:
+            allocated = [r.metrics.get("peak_allocated_mb")]
+        placement = r.model_info.get("device_map") or {}
+        tokens = r.metrics.get("tokens_per_s")
+        used = " / ".join(f"{g['nvml_used_mb']:.0f}" for g in gpus)
+        peaks = " / ".join("–" if a is None else f"{a:.0f}" for a in allocated)
+        where = ", ".join(f"{k}: {v}" for k, v in placement.items())
+        lines.append(f"| `{r.test.split('::')[-1]}` | {r.worker} | {', '.join(str(g['index']) for g in gpus)} | "
+                     f"{where} | {used} | {peaks} | {'–' if tokens is None else f'{tokens:.1f}'} |")
+    return lines
 
 
 def terminal_table(records: list[Record]) -> str:

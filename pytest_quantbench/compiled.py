@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("eager", "compiled")
+TUNE_KERNELS = True  # Inductor's coordinate-descent tuning of its Triton kernels (longer compile, faster steps)
 
 
 def why_not_compiled(decoding, family: str = "decoder") -> str | None:
@@ -33,7 +34,7 @@ class CompiledDecoder:
 
     model: Any
     fullgraph: bool
-    step: Any = None
+    steps: dict = field(default_factory=dict)  # decoding name -> its compiled step
     cache: Any = None
     cache_shape: tuple = ()
     compile_s: float | None = None
@@ -51,16 +52,24 @@ class CompiledDecoder:
             self.cache.reset()
         return self.cache
 
-    def _compile(self) -> None:
+    def _compile(self, decoding, ends: list[int]):
+        """The decode step for this decoding: one token's forward pass, and for greedy decoding the argmax too (so a
+        step is one CUDA graph replay); sampling draws outside the graph, from the returned logits."""
         import torch
+        import torch._inductor.config as inductor
+
+        if TUNE_KERNELS:  # as gpt-fast: tune the generated (e.g. fused weight-only dequant + matmul) Triton kernels
+            inductor.coordinate_descent_tuning = True
+            inductor.triton.unique_kernel_names = True
+        greedy = not decoding.generate_kwargs.get("do_sample")
 
         def decode_one_token(input_ids, cache_position, cache):
             logits = self.model(input_ids=input_ids, cache_position=cache_position, past_key_values=cache,
                                 use_cache=True).logits[:, -1]
-            return logits
+            return _pick(logits, decoding, ends) if greedy else logits
 
         mode = "reduce-overhead" if self.fullgraph and _device(self.model).type == "cuda" else None
-        self.step = torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph, dynamic=False)
+        return torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph, dynamic=False), greedy
 
     def generate(self, input_ids, decoding, max_new_tokens: int, marks=None):
         """Token ids (prompt + exactly `max_new_tokens`: end-of-sequence is suppressed, as eager measurement runs
@@ -70,8 +79,9 @@ class CompiledDecoder:
         ends = self.model.generation_config.eos_token_id
         ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
 
-        if self.step is None:
-            self._compile()
+        if decoding.name not in self.steps:
+            self.steps[decoding.name] = self._compile(decoding, ends)
+        step, picks = self.steps[decoding.name]
         sequences = decoding.num_responses
         ids = input_ids.repeat_interleave(sequences, dim=0)
         prompt = ids.shape[1]
@@ -86,8 +96,8 @@ class CompiledDecoder:
             out = [token]
             position = torch.tensor([prompt], device=ids.device)
             for _ in range(max_new_tokens - 1):
-                logits = self.step(token[:, None], position, cache)
-                token = _pick(logits, decoding, ends)
+                output = step(token[:, None], position, cache)
+                token = output.clone() if picks else _pick(output, decoding, ends)  # the next replay reuses output
                 position += 1
                 if marks:
                     marks()

@@ -42,12 +42,22 @@ case $stage in
     "${run[@]}" -n "${WORKERS:-2}" ${MODELS:---qb-model synthetic:qwen2.5-7b --qb-model synthetic:qwen2.5-14b} \
       --qb-precision "${PRECISIONS:-bf16,int8,nf4}" --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" \
       --qb-report-dir "$out/$stage" ;;
-  split)  # a model too big for one worker's GPU in bf16, split over two with device_map="auto", vs nf4 on one GPU
+  split)  # a model too big for one worker's GPU in bf16, split over two GPUs with device_map="auto"
     # shellcheck disable=SC2086
-    "${run[@]}" --qb-gpus-per-worker 2 ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision bf16 \
-      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage/bf16-two-gpus"
+    "${run[@]}" --qb-gpus-per-worker 2 ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision "${PRECISIONS:-bf16}" \
+      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage" ;;
+  one-gpu)  # the same model in nf4 on one GPU (CUDA_VISIBLE_DEVICES picks which), to compare with the split
     # shellcheck disable=SC2086
-    CUDA_VISIBLE_DEVICES=${ONE_GPU:-0} "${run[@]}" ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision nf4 \
-      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage/nf4-one-gpu" ;;
+    "${run[@]}" ${MODELS:---qb-model synthetic:qwen2.5-32b} --qb-precision "${PRECISIONS:-nf4}" \
+      --qb-decoding greedy --qb-max-new-tokens 64 -k "speed or memory" --qb-report-dir "$out/$stage" ;;
+  synthetic)  # write the synthetic checkpoints of PRESETS (e.g. "qwen2.5-7b qwen2.5-14b") ahead, one GPU each
+    index=0
+    for preset in ${PRESETS:?}; do
+      CUDA_VISIBLE_DEVICES=$index python3 -c "import sys; from pytest_quantbench.models import cache_root; \
+from pytest_quantbench.synthetic import materialize_synthetic; print(materialize_synthetic(sys.argv[1], cache_root())[0])" \
+        "$preset" &
+      index=$(( (index + 1) % ${GPUS:-1} ))
+    done
+    wait ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -135,3 +135,18 @@ def test_compiled_greedy_tokens_equal_eager_on_smollm2():
     compiled = decoder_for(handle).generate(inputs["input_ids"], greedy, 6)[0, -6:].tolist()
     assert compiled == eager
     assert decoder_for(handle).compile_s > 0
+
+
+def test_compiled_decoder_runs_greedy_and_sampling_with_their_own_steps(tiny_synthetic):
+    from pytest_quantbench.compiled import decoder_for
+
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    inputs = handle.encode([handle.format_prompt("hello")])
+    prompt = inputs["input_ids"].shape[1]
+    decoder = decoder_for(handle)
+    greedy = decoder.generate(inputs["input_ids"], parse_decoding("greedy"), 5)
+    again = decoder.generate(inputs["input_ids"], parse_decoding("greedy"), 5)  # a replay gives the same tokens
+    sampled = decoder.generate(inputs["input_ids"], parse_decoding("sample"), 5)
+    assert greedy.shape == (1, prompt + 5) and again.tolist() == greedy.tolist()
+    assert sampled.shape == (20, prompt + 5)  # 20 responses, each exactly 5 new tokens
+    assert set(decoder.steps) == {"greedy", "sample"}

@@ -251,15 +251,18 @@ def _hqq_after_load(precision: Precision, model, device: str):
 def _gptqmodel(method: str) -> dict:
     """Registry fields shared by GPTQ and AWQ: quantized once through GPTQModel, cached, loaded by transformers."""
 
+    prepared: dict = {}  # the checkpoint `prepare` made, for `build` (called right after it) to pick a kernel
+
     def prepare(precision: Precision, source: Path, device: str) -> Path:
         from .quantize import gptqmodel_checkpoint
 
-        return gptqmodel_checkpoint(method, precision, source, device)
+        prepared["checkpoint"] = gptqmodel_checkpoint(method, precision, source, device)
+        return prepared["checkpoint"]
 
     def build(precision: Precision, device: str) -> dict:
         from .quantize import gptqmodel_load_kwargs
 
-        return gptqmodel_load_kwargs(method, precision, device)
+        return gptqmodel_load_kwargs(method, precision, device, prepared.pop("checkpoint", None))
 
     def after_load(precision: Precision, model, device: str):
         from .quantize import gptqmodel_after_load

@@ -232,15 +232,38 @@ def _quantize_in_this_process(job: dict) -> None:
     (Path(job["target"]) / ".quantize_s").write_text(f"{seconds:.3f}")
 
 
-def gptqmodel_load_kwargs(method: str, precision, device: str) -> dict:
+def gptqmodel_load_kwargs(method: str, precision, device: str, checkpoint: Path | None = None) -> dict:
     """from_pretrained arguments for a GPTQ/AWQ checkpoint (its quantization_config comes from its config.json).
 
     The compute dtype: bf16 on the CPU (GPTQModel's CPU kernels are int4 x bf16; in fp32 they fall back to a path
-    about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports)."""
+    about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports). On CUDA GPTQModel picks its
+    kernel itself, unless a layer is too narrow for the Hopper/Ampere ones (see `cuda_backend`)."""
     from .precisions import torch_dtype
 
     _set_cpu_workers()
-    return {"dtype": torch_dtype(compute_dtype(device))}
+    kwargs = {"dtype": torch_dtype(compute_dtype(device))}
+    backend = cuda_backend(method, checkpoint) if device == "cuda" and checkpoint is not None else None
+    if backend:
+        from transformers import AwqConfig, GPTQConfig
+
+        bits = json.loads((checkpoint / "config.json").read_text())["quantization_config"].get("bits", 4)
+        kwargs["quantization_config"] = (GPTQConfig if method == "gptq" else AwqConfig)(bits=bits, backend=backend)
+    return kwargs
+
+
+def cuda_backend(method: str, checkpoint: Path) -> str | None:
+    """None (GPTQModel's automatic choice) when every linear layer's width is a multiple of 128; else the Triton
+    kernel. GPTQModel's automatic choice on Hopper is Machete, which rejects narrower layers when it builds them
+    (SmolLM2's k/v projections are 3 x 64 = 192 wide: "`out_features`: 192 must be divisible by [128]")."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    widths = [config.get("hidden_size", 0), config.get("intermediate_size", 0), heads * head_dim,
+              (config.get("num_key_value_heads") or heads) * head_dim]
+    if all(width % 128 == 0 for width in widths):
+        return None
+    return "gptq_triton" if method == "gptq" else "gemm_triton"
 
 
 def compute_dtype(device: str) -> str:

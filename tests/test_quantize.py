@@ -223,3 +223,20 @@ def test_session_records_quantization(pytester, tiny_model_dir, tmp_path, monkey
     assert record["metrics"]["quantize_s"] > 0
     assert record["model_info"]["quantization"]["kernel"] == "TorchAtenLinear"
     assert record["model_info"]["quantization"]["calibration_samples"] == 4
+
+
+def test_cuda_kernel_choice_avoids_machete_for_narrow_layers(tmp_path):
+    from pytest_quantbench.quantize import cuda_backend, gptqmodel_load_kwargs
+    from pytest_quantbench.synthetic import PRESETS
+
+    smollm2, qwen = tmp_path / "smollm2", tmp_path / "qwen"
+    for folder, preset in ((smollm2, "smollm2-135m"), (qwen, "qwen2.5-7b")):
+        folder.mkdir()
+        config = {**PRESETS[preset], "quantization_config": {"bits": 4, "quant_method": "gptq"}}
+        (folder / "config.json").write_text(json.dumps(config))
+    assert cuda_backend("gptq", smollm2) == "gptq_triton"  # k/v 3 x 64 = 192 wide: not a multiple of 128
+    assert cuda_backend("awq", smollm2) == "gemm_triton"
+    assert cuda_backend("gptq", qwen) is None  # every width fits: GPTQModel chooses
+    kwargs = gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cuda", smollm2)
+    assert kwargs["quantization_config"].backend == "gptq_triton" and kwargs["quantization_config"].bits == 4
+    assert "quantization_config" not in gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cpu", smollm2)

@@ -10,7 +10,9 @@ ITEMS = {"sample": 4}
 DEFAULT_ITEMS = 12
 
 
-@pytest.mark.quantbench(max_accuracy_drop=15.0)
+# 12 items make one item 8.3 pt: a drop fails only when the paired comparison finds it significant (McNemar, bootstrap
+# interval), so two flipped items out of twelve (p = 0.5) are reported as noise, not as a failure.
+@pytest.mark.quantbench(max_accuracy_drop=15.0, drop_test="significant")
 @pytest.mark.parametrize("task", ["simple", "complex"])
 def test_accuracy(quantbench, task):
     accuracy = quantbench.evaluate(task, limit=ITEMS.get(quantbench.case.decoding.name, DEFAULT_ITEMS))

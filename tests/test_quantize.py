@@ -91,19 +91,9 @@ def test_missing_library_is_a_skip_reason(name):
 def tiny_quantizable_dir(tmp_path_factory, smollm2_dir):
     """A 2-layer random Llama whose every width divides by 64 (AWQ's clip search needs that; the shared tiny model's
     key/value projections are 32 wide)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from conftest import save_tiny_llama
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-quantizable")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-quantizable"), smollm2_dir, num_key_value_heads=4)
 
 
 def test_awq_needs_output_widths_divisible_by_64(tmp_path):

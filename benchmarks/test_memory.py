@@ -2,12 +2,14 @@
 
 import pytest
 
+from pytest_quantbench.measure import unquantized_parameter_count
+
 
 @pytest.mark.quantbench(decodings=["greedy"])
 def test_memory(quantbench):
     metrics = quantbench.measure(max_new_tokens=8)
     model = quantbench.model.model
-    full_precision_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    full_precision_mb = unquantized_parameter_count(model) * 4 / 2**20
     # A quantized or half-precision model that is not smaller than its fp32 size was not quantized.
     if quantbench.case.precision.name != "fp32":
         assert metrics["peak_mem_mb"] > 0

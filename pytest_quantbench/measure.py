@@ -165,6 +165,27 @@ def model_footprint_mb(model) -> float:
     return sum(_storage_bytes(model).values()) / MB
 
 
+def unquantized_parameter_count(model) -> int:
+    """The parameters the model has in full precision: a quantized linear layer (bitsandbytes, GPTQ/AWQ, torchao)
+    counts in_features x out_features whatever its packed storage holds; tied weights count once."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
+            if weight is not None and id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            bias = getattr(module, "bias", None)
+            total += module.in_features * module.out_features + (module.out_features if bias is not None else 0)
+        else:
+            for parameter in module.parameters(recurse=False):
+                if id(parameter) not in seen:
+                    seen.add(id(parameter))
+                    total += parameter.numel()
+    return total
+
+
 def _storage_bytes(module) -> dict[tuple[str, int], int]:
     """(device, storage address) -> bytes, for the real storages behind a module's parameters and buffers."""
     storages: dict[tuple[str, int], int] = {}
@@ -308,6 +329,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     metrics.update(bandwidth_metrics(handle, decoding, metrics))
     if mode == "compiled":
         metrics["compile_s"] = handle.compiled.compile_s
+        metrics["compile_tuning"] = handle.compiled.tuned
         if handle.compiled.fallback:
             metrics["compile_fallback"] = handle.compiled.fallback
     return metrics

@@ -320,6 +320,20 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
 
 
+def _load_hint(precision, error: Exception) -> str:
+    """What to do about a load failure whose message alone does not say (a download attempted offline)."""
+    import urllib.error
+
+    if not isinstance(error, (urllib.error.URLError, ConnectionError)):
+        return ""
+    if precision.library == "GPTQModel":
+        base = re.split(r"[@+]", precision.name)[0]
+        return ("; GPTQModel's automatic kernel choice fetched sources to build a kernel at first use (on Hopper its "
+                "Machete kernel downloads CUTLASS). Offline, name a kernel that builds without a download: "
+                f"{base}@marlin or {base}@{'triton' if base == 'gptq' else 'gemm_triton'}")
+    return f"; {precision.library} tried to download something: run where the network is reachable, or pre-fetch it"
+
+
 def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> ModelHandle:
     """Load `spec` in `precision` on `device` (or spread by `device_map`, e.g. "auto" over several GPUs);
     ModelLoadError with the reason when that fails."""
@@ -355,7 +369,7 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
     except Exception as error:
         raise ModelLoadError(
             f"could not load {spec.name} ({spec.source}) in {precision.name} on {device}: "
-            f"{type(error).__name__}: {error}"
+            f"{type(error).__name__}: {error}{_load_hint(precision, error)}"
         ) from error
     load_s = time.perf_counter() - start
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,

@@ -2,7 +2,7 @@
 
 Adding a precision is one `register(Precision(...))` call (or an entry point in the group
 `pytest_quantbench.precisions` pointing at a Precision). A name is `base[@arg][+flag...]`: what `@arg` means is the
-entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits and group size for gptq@4b64g), and
+entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits, group size and kernel for gptq@4bit,g64,marlin), and
 `+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order; nf4+vision: an image-text model's
 vision tower quantized too, which families.py otherwise keeps in higher precision).
 
@@ -42,7 +42,7 @@ class Precision:
     prepare: Callable[[Precision, Path, str], Path] | None = None
     placement: Callable[[Precision, Path, str], dict] | None = None  # device_map/max_memory from the checkpoint
     after_load: Callable[[Precision, Any, str], Any] | None = None
-    compiles: bool = True  # False where the kernels break torch.compile graphs (compiled decode mode)
+    compiles: bool = True  # False where the kernels break torch.compile graphs or CUDA graphs (compiled mode)
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
@@ -141,21 +141,24 @@ def _torchao(kind: str) -> Callable[[Precision, str], dict]:
         import torchao.quantization as ao
         from transformers import TorchAoConfig
 
+        # set_inductor_config=False: torchao would otherwise switch Inductor's exhaustive kernel tuning on for the
+        # whole process (coordinate_descent_check_all_directions and more); compiled mode sets its own (compiled.py)
         group = precision.option("group_size")
         if kind == "int8wo":
-            config = ao.Int8WeightOnlyConfig()
+            config = ao.Int8WeightOnlyConfig(set_inductor_config=False)
         elif kind == "int4wo":
             if device == "cuda":  # the default packing needs the `mslk` kernels (not installable); tinygemm's does not
-                config = ao.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+                config = ao.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d",
+                                                 set_inductor_config=False)
             else:  # torchao's CUDA int4 layouts do not run on a CPU; its CPU config stores int4 values one per byte
                 import torch
                 from torchao.quantization.granularity import PerGroup
 
                 config = ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group))
         elif kind == "fp8":
-            config = ao.Float8WeightOnlyConfig()
+            config = ao.Float8WeightOnlyConfig(set_inductor_config=False)
         else:
-            config = ao.Float8DynamicActivationFloat8WeightConfig(granularity=ao.PerRow())
+            config = ao.Float8DynamicActivationFloat8WeightConfig(granularity=ao.PerRow(), set_inductor_config=False)
         return {"quantization_config": TorchAoConfig(quant_type=config),
                 "dtype": torch_dtype(precision.resolved_compute_dtype(device))}
 
@@ -220,19 +223,33 @@ def _offload_placement(precision: Precision, checkpoint: Path, device: str) -> d
     return {"device_map": device_map}
 
 
-def _parse_bits_group(arg: str) -> dict:
-    """'4bit,g64' / '8bit' / 'g32' -> bits and group size."""
-    out: dict = {}
-    for token in arg.split(","):
-        if match := re.fullmatch(r"(\d)bit", token):
-            out["bits"] = int(match[1])
-        elif match := re.fullmatch(r"g(\d+)", token):
-            out["group_size"] = int(match[1])
-        else:
-            raise ValueError(f"unknown option {token!r}; expected <n>bit and/or g<group size>, e.g. @4bit,g64")
-    if out.get("bits", 4) not in (2, 3, 4, 8):
-        raise ValueError(f"bits must be 2, 3, 4 or 8, not {out['bits']}")
-    return out
+# GPTQModel kernels a gptq/awq name may ask for (@4bit,g64,marlin); left out, GPTQModel picks one for the device.
+GPTQMODEL_KERNELS = {
+    "gptq": ("triton", "marlin", "machete", "exllama_v2", "torch"),
+    "awq": ("gemm", "gemm_triton", "gemv", "gemv_fast", "marlin", "machete", "exllama_v2", "torch"),
+}
+
+
+def _parse_bits_group(kernels: tuple[str, ...] = ()) -> Callable[[str], dict]:
+    """A parser of '4bit,g64' / '8bit' / 'g32' (and one of `kernels`, e.g. 'marlin') -> bits, group size, kernel."""
+
+    def parse(arg: str) -> dict:
+        out: dict = {}
+        for token in arg.split(","):
+            if match := re.fullmatch(r"(\d)bit", token):
+                out["bits"] = int(match[1])
+            elif match := re.fullmatch(r"g(\d+)", token):
+                out["group_size"] = int(match[1])
+            elif token in kernels:
+                out["kernel"] = token
+            else:
+                also = f" and/or a kernel ({', '.join(kernels)})" if kernels else ""
+                raise ValueError(f"unknown option {token!r}; expected <n>bit and/or g<group size>{also}, e.g. @4bit,g64")
+        if out.get("bits", 4) not in (2, 3, 4, 8):
+            raise ValueError(f"bits must be 2, 3, 4 or 8, not {out['bits']}")
+        return out
+
+    return parse
 
 
 def _parse_group(arg: str) -> dict:
@@ -270,8 +287,8 @@ def _gptqmodel(method: str) -> dict:
         return gptqmodel_after_load(method, precision, model, device)
 
     return {"prepare": prepare, "build": build, "after_load": after_load,
-            "requires": ("gptqmodel", "optimum"), "library": "GPTQModel", "parse_arg": _parse_bits_group,
-            "arg_help": "[@<bits>bit,g<group>]", "compiles": False}
+            "requires": ("gptqmodel", "optimum"), "library": "GPTQModel", "parse_arg": _parse_bits_group(GPTQMODEL_KERNELS[method]),
+            "arg_help": "[@<bits>bit,g<group>,<kernel>]", "compiles": False}
 
 
 REGISTRY: dict[str, Precision] = {}
@@ -289,7 +306,7 @@ register(Precision("int8", "bitsandbytes", "LLM.int8(): 8-bit weights with fp16 
 for _quant in ("nf4", "fp4"):
     register(Precision(_quant, "bitsandbytes", f"4-bit {_quant.upper()} weights (QLoRA-style), dequantized per matmul",
                        _bnb_4bit(_quant), requires=("bitsandbytes",), parse_arg=_parse_compute_dtype,
-                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision"), compiles=False))
+                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision")))
 _DTYPE_ARG = {"parse_arg": _parse_compute_dtype, "arg_help": "[@fp32|@fp16|@bf16]"}
 register(Precision("int8wo", "torchao", "int8 weight-only (per-channel scales), activations in the compute dtype",
                    _torchao("int8wo"), requires=("torchao",), **_DTYPE_ARG))
@@ -311,7 +328,7 @@ register(Precision("awq", description="AWQ (Lin et al.): activation-aware int4 w
                    options=(("bits", 4), ("group_size", 64)), **_gptqmodel("awq")))
 register(Precision("hqq", "hqq", "HQQ (Badri & Shaji): half-quadratic weight quantization at load time, no calibration",
                    lambda precision, device: {"dtype": torch_dtype(precision.resolved_compute_dtype(device))},
-                   requires=("hqq",), parse_arg=_parse_bits_group, arg_help="[@<bits>bit,g<group>]",
+                   requires=("hqq",), parse_arg=_parse_bits_group(), arg_help="[@<bits>bit,g<group>]",
                    options=(("bits", 4), ("group_size", 64)), after_load=_hqq_after_load, compiles=False))
 
 _entry_points_loaded = False

@@ -236,19 +236,32 @@ def gptqmodel_load_kwargs(method: str, precision, device: str, checkpoint: Path 
     """from_pretrained arguments for a GPTQ/AWQ checkpoint (its quantization_config comes from its config.json).
 
     The compute dtype: bf16 on the CPU (GPTQModel's CPU kernels are int4 x bf16; in fp32 they fall back to a path
-    about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports). On CUDA GPTQModel picks its
-    kernel itself, unless a layer is too narrow for the Hopper/Ampere ones (see `cuda_backend`)."""
+    about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports). The kernel: the one the name
+    asks for (gptq@marlin), else GPTQModel's own choice, except on CUDA where a layer is too narrow for the
+    Hopper/Ampere kernels (see `cuda_backend`)."""
     from .precisions import torch_dtype
 
     _set_cpu_workers()
     kwargs = {"dtype": torch_dtype(compute_dtype(device))}
-    backend = cuda_backend(method, checkpoint) if device == "cuda" and checkpoint is not None else None
+    backend = kernel_backend(method, precision.option("kernel"))
+    if backend is None and device == "cuda" and checkpoint is not None:
+        backend = cuda_backend(method, checkpoint)
     if backend:
         from transformers import AwqConfig, GPTQConfig
 
-        bits = json.loads((checkpoint / "config.json").read_text())["quantization_config"].get("bits", 4)
+        bits = (json.loads((checkpoint / "config.json").read_text())["quantization_config"].get("bits", 4)
+                if checkpoint is not None else precision.option("bits", 4))
         kwargs["quantization_config"] = (GPTQConfig if method == "gptq" else AwqConfig)(bits=bits, backend=backend)
     return kwargs
+
+
+def kernel_backend(method: str, kernel: str | None) -> str | None:
+    """The backend name transformers hands GPTQModel for a kernel asked for by name (gptq@marlin, awq@gemv)."""
+    if kernel is None:
+        return None
+    if method == "gptq":
+        return f"gptq_{kernel}"
+    return "torch_awq" if kernel == "torch" else kernel
 
 
 def cuda_backend(method: str, checkpoint: Path) -> str | None:

@@ -17,6 +17,7 @@ import pytest
 
 from pytest_quantbench import quantize
 from pytest_quantbench.decoding import parse_decoding
+from pytest_quantbench.measure import unquantized_parameter_count
 from pytest_quantbench.models import ModelLoadError, load_model, resolve_model
 from pytest_quantbench.precisions import parse_precision
 
@@ -140,6 +141,9 @@ def test_quantizes_once_then_loads_from_the_cache(tiny_quantizable_dir, tmp_path
     assert checkpoint.parent == tmp_path / "cache" / "quantized" and checkpoint.name.startswith(f"{method}-4b-g64-")
     assert json.loads((checkpoint / quantize.INFO_FILE).read_text())["key"]["method"] == method
     first.generate(["Hello"], parse_decoding("greedy"), 4)  # random weights: it only has to run
+    plain = load_model(spec, parse_precision("fp32"), "cpu").model  # packed int4 layers still count in full:
+    assert unquantized_parameter_count(first.model) == sum(p.numel() for p in plain.parameters())
+    del plain
     del first
     gc.collect()
 
@@ -183,6 +187,7 @@ def test_hqq_replaces_decoder_linears(tiny_model_dir):
     plain = load_model(spec, parse_precision("fp32"), "cpu")
     weights = sum(m.weight.numel() for m in plain.model.model.layers.modules() if type(m).__name__ == "Linear")
     plain_mb = plain.footprint_mb
+    plain_count = sum(p.numel() for p in plain.model.parameters())
     del plain
     handle = load_model(spec, parse_precision("hqq@4bit,g32"), "cpu")
     kinds = {type(m).__name__ for m in handle.model.model.layers.modules()}
@@ -191,6 +196,7 @@ def test_hqq_replaces_decoder_linears(tiny_model_dir):
     assert handle.extra["kernel"].startswith("HQQLinear") and handle.extra["compute_dtype"] == "fp32"
     # 4-bit weights plus fp32 scales/zeros per 32: 0.75 bytes per weight instead of 4 (embeddings unchanged)
     assert plain_mb - handle.footprint_mb == pytest.approx(weights * (4 - 0.75) / 2**20, rel=0.01)
+    assert unquantized_parameter_count(handle.model) == plain_count
     handle.generate(["Hello"], parse_decoding("greedy"), 4)
 
 
@@ -230,3 +236,26 @@ def test_cuda_kernel_choice_avoids_machete_for_narrow_layers(tmp_path):
     kwargs = gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cuda", smollm2)
     assert kwargs["quantization_config"].backend == "gptq_triton" and kwargs["quantization_config"].bits == 4
     assert "quantization_config" not in gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cpu", smollm2)
+
+
+def test_kernel_asked_for_by_name_goes_to_gptqmodel(tmp_path):
+    from pytest_quantbench.quantize import gptqmodel_load_kwargs
+
+    assert dict(parse_precision("gptq@4bit,g128,marlin").options)["kernel"] == "marlin"
+    assert dict(parse_precision("awq@gemv").options) == {"bits": 4, "group_size": 64, "kernel": "gemv"}
+    with pytest.raises(ValueError, match="triton, marlin"):  # an AWQ kernel named for GPTQ: the valid ones listed
+        parse_precision("gptq@gemv_fast")
+    for name, backend in (("gptq@torch", "gptq_torch"), ("awq@torch", "torch_awq"), ("awq@gemm_triton", "gemm_triton")):
+        kwargs = gptqmodel_load_kwargs(name.split("@")[0], parse_precision(name), "cpu", None)
+        assert kwargs["quantization_config"].backend == backend  # on any device, not only where widths force it
+
+
+def test_offline_kernel_build_failure_names_a_kernel_to_ask_for():
+    import urllib.error
+
+    from pytest_quantbench.models import _load_hint
+
+    error = urllib.error.URLError("[Errno -3] Temporary failure in name resolution")  # seen on an offline H100
+    assert "gptq@marlin or gptq@triton" in _load_hint(parse_precision("gptq"), error)
+    assert "awq@marlin or awq@gemm_triton" in _load_hint(parse_precision("awq@g32"), error)
+    assert _load_hint(parse_precision("gptq"), ValueError("bad shape")) == ""

@@ -4,18 +4,21 @@ a function call. Eager `generate` spends most of a small model's step in Python 
 what a precision's kernels can really do.
 
 Greedy and sampling run here. Beam search reorders the cache every step and is left to eager mode (skip reason).
-Precisions whose kernels break graphs (bitsandbytes, GPTQModel, offload) compile with graph breaks and without
-CUDA graphs; the record says so (`compile_fallback`).
+Precisions whose kernels do not compile into one graph (bitsandbytes int8, GPTQModel, offload, HQQ), and any
+whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("eager", "compiled")
-TUNE_KERNELS = True  # Inductor's coordinate-descent tuning of its Triton kernels (longer compile, faster steps)
+# Inductor's coordinate-descent tuning of its Triton kernels: longer compile, faster steps. QB_COMPILE_TUNING=0 turns
+# it off (a shorter compile where a precision's kernels take long to tune); the record says which ran.
+TUNE_KERNELS = os.environ.get("QB_COMPILE_TUNING", "1") != "0"
 
 
 def why_not_compiled(decoding, family: str = "decoder") -> str | None:
@@ -33,18 +36,19 @@ class CompiledDecoder:
     """Per loaded model: the compiled step and a static cache kept between calls (so CUDA graphs replay)."""
 
     model: Any
-    fullgraph: bool
     steps: dict = field(default_factory=dict)  # decoding name -> its compiled step
     cache: Any = None
     cache_shape: tuple = ()
     compile_s: float | None = None
     calls: int = 0
     fallback: str | None = None
+    tuned: bool = False  # compiled with Inductor's coordinate-descent tuning
     stats: dict = field(default_factory=dict)
 
     def _cache_for(self, batch: int, length: int):
         from transformers import StaticCache
 
+        length = cache_length(length)
         if self.cache is None or self.cache_shape != (batch, length):
             self.cache = StaticCache(config=self.model.config, max_cache_len=length)  # filled lazily by the prefill
             self.cache_shape = (batch, length)
@@ -58,6 +62,10 @@ class CompiledDecoder:
         import torch
         import torch._inductor.config as inductor
 
+        # Every decoder compiles the same code object below, once per model, precision, decoding and batch: past
+        # Dynamo's default 8 entries it would run the step uncompiled, silently. A session stays far below 64.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.tuned = TUNE_KERNELS
         if TUNE_KERNELS:  # as gpt-fast: tune the generated (e.g. fused weight-only dequant + matmul) Triton kernels
             inductor.coordinate_descent_tuning = True
             inductor.triton.unique_kernel_names = True
@@ -68,12 +76,28 @@ class CompiledDecoder:
                                 use_cache=True).logits[:, -1]
             return _pick(logits, decoding, ends) if greedy else logits
 
-        mode = "reduce-overhead" if self.fullgraph and _device(self.model).type == "cuda" else None
-        return torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph, dynamic=False), greedy
+        if self.fallback:  # kernels that cannot be captured: the same static-cache loop, uncompiled
+            return decode_one_token, greedy
+        mode = "reduce-overhead" if _device(self.model).type == "cuda" else None
+        return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False), greedy
 
     def generate(self, input_ids, decoding, max_new_tokens: int, marks=None):
         """Token ids (prompt + exactly `max_new_tokens`: end-of-sequence is suppressed, as eager measurement runs
-        do with min_new_tokens) for one prompt batch; `marks()` is called after each step."""
+        do with min_new_tokens) for one prompt batch; `marks()` is called after each step.
+
+        When the first compilation fails (a kernel torch.compile cannot trace or capture), the decoder falls back to
+        the uncompiled loop, records why in `fallback`, and generates again from the start."""
+        try:
+            return self._generate(input_ids, decoding, max_new_tokens, marks)
+        except Exception as error:
+            if self.calls or self.fallback or not _is_compile_error(error):
+                raise
+            self.fallback = f"torch.compile failed ({type(error).__name__}: {_first_line(error)}): decode loop uncompiled"
+            self.steps.clear()
+            self.cache = None
+            return self._generate(input_ids, decoding, max_new_tokens, marks)
+
+    def _generate(self, input_ids, decoding, max_new_tokens: int, marks=None):
         import torch
 
         ends = self.model.generation_config.eos_token_id
@@ -110,6 +134,24 @@ class CompiledDecoder:
         return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
 
 
+def cache_length(tokens: int, bucket: int = 256) -> int:
+    """The static cache's length for `tokens`: rounded up to a multiple of `bucket`, so that prompts of different
+    lengths share one compiled step (its shapes include the cache's; a new shape would compile again). Attention
+    reads the whole cache each step: at 256 positions that is a few MB, small beside the weights."""
+    return max(bucket, -(-tokens // bucket) * bucket)
+
+
+def _is_compile_error(error: Exception) -> bool:
+    """An error of torch.compile itself (Dynamo tracing, Inductor lowering, CUDA graph capture), not of the model."""
+    module = type(error).__module__
+    text = str(error).lower()
+    return module.startswith(("torch._dynamo", "torch._inductor")) or "capturing" in text or "graph capture" in text
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
 def _pick(logits, decoding, suppressed: list[int] = ()):
     """Greedy argmax, or nucleus sampling with the decoding's temperature and top-p; `suppressed` tokens never."""
     import torch
@@ -139,10 +181,9 @@ def decoder_for(handle) -> CompiledDecoder:
     """The handle's compiled decoder, made on first use."""
     decoder = getattr(handle, "compiled", None)
     if decoder is None:
-        fullgraph = handle.precision.compiles
-        decoder = CompiledDecoder(handle.model, fullgraph=fullgraph)
-        if not fullgraph:
-            decoder.fallback = (f"{handle.precision.library} kernels break torch.compile graphs: compiled with graph "
-                                "breaks, no CUDA graphs")
+        decoder = CompiledDecoder(handle.model)
+        if not handle.precision.compiles:
+            decoder.fallback = (f"{handle.precision.library} kernels are not compiled (graph breaks or no CUDA graph "
+                                "capture): the static-cache decode loop runs uncompiled")
         handle.compiled = decoder
     return decoder

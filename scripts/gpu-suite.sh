@@ -18,7 +18,7 @@ run=(python3 -m pytest benchmarks "${plugin[@]}" -p no:cacheprovider -q -rs --tb
 case $stage in
   smollm2-precisions)  # every precision on the real SmolLM2, eager: speed, memory, accuracy, fidelity, timer
     "${run[@]}" --qb-model "$smollm2" --qb-decoding greedy \
-      --qb-precision bf16,fp32,fp16,int8,nf4,fp4,nf4@fp32,int8wo,int4wo,fp8,fp8dyn,offload@100MB${EXTRA_PRECISIONS:-} \
+      --qb-precision "${PRECISIONS:-bf16,fp32,fp16,int8,nf4,fp4,nf4@fp32,int8wo,int4wo,fp8,fp8dyn,offload@100MB,gptq,awq}" \
       -k "speed or memory or fidelity or timer or test_accuracy" \
       --qb-report-dir "$out/$stage" --benchmark-json "$out/$stage/pytest-benchmark.json" ;;
   smollm2-speed)  # speed only, plus the timer-fidelity check on bf16
@@ -28,12 +28,18 @@ case $stage in
     "${run[@]}" --qb-model "$smollm2" --qb-decoding greedy --qb-mode eager,compiled \
       --qb-precision ${PRECISIONS:-bf16,int8wo,int4wo,fp8,nf4} -k "speed or compiled_matches" \
       --qb-report-dir "$out/$stage" ;;
-  qwen7b)  # the Qwen2.5-7B shape with random weights, eager vs compiled, 64 new tokens; bitsandbytes eager only
-    "${run[@]}" --qb-model synthetic:qwen2.5-7b --qb-decoding greedy --qb-mode eager,compiled --qb-max-new-tokens 64 \
-      --qb-precision "${PRECISIONS:-bf16,int4wo,int8wo,fp8}" -k "speed or compiled_matches or (memory and eager)" \
-      --qb-report-dir "$out/$stage"
-    "${run[@]}" --qb-model synthetic:qwen2.5-7b --qb-decoding greedy --qb-max-new-tokens 64 \
-      --qb-precision "${BNB_PRECISIONS:-int8,nf4}" -k "speed or memory" --qb-report-dir "$out/$stage-bnb" ;;
+  qwen7b)  # a decoder shape with random weights (MODEL, default the Qwen2.5-7B shape), 64 new tokens: PRECISIONS in
+    # MODES (eager and compiled), then EAGER_PRECISIONS in eager mode only (bitsandbytes, GPTQModel: graph breaks)
+    model=${MODEL:-synthetic:qwen2.5-7b}
+    if [ -n "${PRECISIONS-bf16,int4wo,int8wo,fp8}" ]; then
+      "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-mode "${MODES:-eager,compiled}" --qb-max-new-tokens 64 \
+        --qb-precision "${PRECISIONS-bf16,int4wo,int8wo,fp8}" -k "speed or compiled_matches or (memory and eager)" \
+        --qb-report-dir "$out/$stage"
+    fi
+    if [ -n "${EAGER_PRECISIONS-int8,nf4}" ]; then
+      "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-max-new-tokens 64 \
+        --qb-precision "${EAGER_PRECISIONS-int8,nf4}" -k "speed or memory" --qb-report-dir "$out/$stage-eager"
+    fi ;;
   families)  # encoder-decoder and image-text shapes with random weights
     "${run[@]}" --qb-model synthetic:flan-t5-base --qb-model synthetic:paligemma-3b --qb-decoding greedy \
       --qb-precision bf16,int8,nf4 -k "speed or memory" --qb-report-dir "$out/$stage" ;;

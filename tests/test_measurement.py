@@ -85,6 +85,10 @@ def test_synthetic_model_loads_in_every_cpu_precision(tiny_synthetic):
     assert handle.source["kind"] == "synthetic" and handle.source["config"]["hidden_size"] == 64
     assert sizes["bf16"] == pytest.approx(sizes["fp32"] / 2, rel=0.01)
     assert sizes["int8wo"] < sizes["fp32"] and sizes["nf4"] < sizes["bf16"]
+    import torch._inductor.config as inductor
+
+    # torchao left Inductor's settings alone (it would switch exhaustive kernel tuning on for the whole process)
+    assert not inductor.coordinate_descent_check_all_directions and not inductor.force_fuse_int_mm_with_mul
 
 
 def test_offload_places_what_fits_and_generates(tiny_synthetic):
@@ -150,3 +154,40 @@ def test_compiled_decoder_runs_greedy_and_sampling_with_their_own_steps(tiny_syn
     assert greedy.shape == (1, prompt + 5) and again.tolist() == greedy.tolist()
     assert sampled.shape == (20, prompt + 5)  # 20 responses, each exactly 5 new tokens
     assert set(decoder.steps) == {"greedy", "sample"}
+    decoder.generate(inputs["input_ids"], parse_decoding("greedy"), 5)
+    cache = decoder.cache
+    longer = handle.encode([handle.format_prompt("hello, a longer prompt than the first one")])["input_ids"]
+    decoder.generate(longer, parse_decoding("greedy"), 5)
+    assert decoder.cache is cache  # one cache length for both prompts: the compiled step is not compiled again
+
+
+def test_static_cache_length_is_bucketed():
+    from pytest_quantbench.compiled import cache_length
+
+    assert [cache_length(n) for n in (1, 144, 256, 257, 700)] == [256, 256, 256, 512, 768]
+
+
+def test_compiled_mode_falls_back_visibly(tiny_synthetic):
+    """int8 (LLM.int8) is not compiled: the loop runs uncompiled and says so. A model torch.compile cannot trace
+    into one graph (here a forward hook reading a tensor's value on the host) falls back at its first compilation,
+    with the reason, and still gives the eager tokens. nf4 compiles into one graph."""
+    from pytest_quantbench.compiled import decoder_for
+
+    greedy = parse_decoding("greedy")
+    for name in ("int8", "fp32", "nf4"):
+        handle = load_model(tiny_synthetic, parse_precision(name), "cpu")
+        inputs = handle.encode(["abc"])
+        if name == "fp32":
+            import torch
+
+            torch._dynamo.reset()  # no step compiled by an earlier test (same shapes, no hook) is reused
+            handle.model.model.layers[0].register_forward_hook(lambda module, args, out: float(out[0].sum()) and None)
+        eager = handle.generate_ids(inputs, greedy, 4, exact_length=True)[0, -4:].tolist()
+        decoder = decoder_for(handle)
+        assert decoder.generate(inputs["input_ids"], greedy, 4)[0, -4:].tolist() == eager
+        if name == "int8":
+            assert decoder.fallback.startswith("bitsandbytes kernels are not compiled")
+        elif name == "fp32":
+            assert decoder.fallback.startswith("torch.compile failed (")
+        else:
+            assert decoder.fallback is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .regression import compare, device_mismatch, load_baseline, parse_tolerances
 from .report.writer import JSON_NAME, models_info, write_reports
-from .results import Record, load_report, report_dict, write_atomic
+from .results import Record, journal_environment, load_report, report_dict, write_atomic
 
 DEFAULT_FAIL_ON = "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"
 
@@ -18,29 +18,36 @@ def _records(data: dict) -> list[Record]:
     return [Record.from_dict(r) for r in data["records"]]
 
 
-def read_journal(path: Path) -> list[Record]:
-    """Records from a journal; a last line cut short by a crash is dropped, any other bad line is an error."""
+def read_journal(path: Path) -> tuple[list[Record], dict | None]:
+    """Records from a journal and the environment its first line recorded (None in older journals); a last line cut
+    short by a crash is dropped, any other bad line is an error."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
-    records = []
+    records, env = [], None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(Record.from_dict(json.loads(line)))
+            data = json.loads(line)
+            if isinstance(data, dict) and set(data) == {"environment"}:
+                env = data["environment"]
+                continue
+            records.append(Record.from_dict(data))
         except (json.JSONDecodeError, TypeError) as error:
             if number == len(lines):
                 print(f"{path}:{number}: dropped a truncated last line", file=sys.stderr)
                 continue
             raise ValueError(f"{path}:{number}: not a quantbench record ({error})") from None
-    return records
+    return records, env
 
 
 def cmd_report(args) -> int:
     source = Path(args.file)
     if args.from_journal:
-        records = read_journal(source)
+        records, env = read_journal(source)
         out = Path(args.out or source.parent)
-        paths = write_reports(records, out, f"quantbench report --from-journal {source}")
+        env = dict(journal_environment(records, env))
+        env["rebuilt"] = f"quantbench report --from-journal {source}"
+        paths = write_reports(records, out, "", env=env)
     else:
         data = load_report(source)
         out = Path(args.out or source.parent)

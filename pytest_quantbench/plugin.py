@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pytest
 
 from .models import ModelLoadError
-from .results import Record, append_journal, write_atomic
+from .results import Record, append_journal, environment, start_journal, write_atomic
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_names
 
@@ -208,8 +208,12 @@ class SessionHooks:
         if data is not None:
             self.state.records.append(Record.from_dict(data))
             if not _is_worker(self.config):
-                # The first record of a session starts a fresh journal; sessions without records leave it alone.
-                append_journal(self.state.settings.report_dir, data, fresh=len(self.state.records) == 1)
+                # The first record of a session starts a fresh journal (its environment first); sessions without
+                # records leave it alone.
+                if len(self.state.records) == 1:
+                    command = " ".join(["pytest", *self.config.invocation_params.args])
+                    start_journal(self.state.settings.report_dir, environment(data["device"], command))
+                append_journal(self.state.settings.report_dir, data)
 
     def pytest_sessionfinish(self, session):
         if _is_worker(self.config) or not self.state.records:

@@ -137,6 +137,25 @@ def write_atomic(path: Path, text: str) -> None:
 JOURNAL_NAME = "quantbench.jsonl"
 
 
+def start_journal(report_dir: Path, env: dict) -> None:
+    """A fresh journal whose first line is the environment, so that a report rebuilt from it names the machine,
+    libraries and commit that ran, not the machine that rebuilds it."""
+    append_journal(report_dir, {"environment": env}, fresh=True)
+
+
+def journal_environment(records: list, env: dict | None) -> dict:
+    """The environment a journal recorded; for an older journal without one, what its records say (the device),
+    marked as not recorded."""
+    if env:
+        return env
+    first = records[0] if records else None
+    device = first.device if first else "cpu"
+    name = first.device_name if first else None
+    return {"device": device, **({"gpu": {"name": name}} if device == "cuda" else {"cpu": name}),
+            "versions": {}, "git_commit": None,
+            "command": "not recorded (a journal from before the environment line; versions unknown)"}
+
+
 def append_journal(report_dir: Path, record: dict, fresh: bool = False) -> None:
     """Append one finished record as a JSON line, so a crash or Ctrl-C loses nothing already measured."""
     path = Path(report_dir) / JOURNAL_NAME

@@ -16,8 +16,10 @@ FAST = ("--qb-repeats=1", "--qb-warmup=0", "-p", "no:cacheprovider")
 
 
 def journal_records(pytester):
+    """The journal's records, after its first line: the environment of the run."""
     lines = (pytester.path / ".quantbench" / "quantbench.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    assert set(json.loads(lines[0])) == {"environment"}
+    return [json.loads(line) for line in lines[1:]]
 
 
 def test_out_of_memory_fails_only_its_case(pytester, tiny_model_dir):
@@ -62,6 +64,9 @@ def test_keyboard_interrupt_keeps_finished_records(pytester, tiny_model_dir):
     assert main(["report", str(journal), "--from-journal", "--out", str(pytester.path / "rebuilt")]) == 0
     rebuilt = json.loads((pytester.path / "rebuilt" / "quantbench.json").read_text())
     assert [r["precision"] for r in rebuilt["records"]] == ["fp32"]
+    # The run's own environment (its command line), not that of whoever rebuilds the report
+    assert "--qb-precision=fp32,bf16" in rebuilt["environment"]["command"]
+    assert "Rebuilt from the run's journal" in (pytester.path / "rebuilt" / "quantbench.md").read_text()
 
 
 def test_killed_xdist_worker_loses_nothing_finished(pytester, tiny_model_dir):

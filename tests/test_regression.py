@@ -82,6 +82,9 @@ def test_cli_merge_and_journal_rebuild(tmp_path):
     assert main(["report", str(journal), "--from-journal"]) == 0
     rebuilt = json.loads((tmp_path / "run" / "quantbench.json").read_text())
     assert len(rebuilt["records"]) == 1 and "m-nf4-greedy" in rebuilt["records"][0]["test"]
+    # A journal from before the environment line: the device its records name, the rest marked unknown
+    assert rebuilt["environment"]["git_commit"] is None and "not recorded" in rebuilt["environment"]["command"]
+    assert "library versions and commit not recorded" in (tmp_path / "run" / "quantbench.md").read_text()
 
 
 

@@ -42,11 +42,14 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         "# quantbench report",
         "",
         (f"Device: {device_label(env)} · torch {versions.get('torch')} · transformers {versions.get('transformers')} · "
-        f"bitsandbytes {versions.get('bitsandbytes')} · commit {str(env.get('git_commit'))[:10]}"),
+         f"bitsandbytes {versions.get('bitsandbytes')} · commit {str(env.get('git_commit'))[:10]}" if versions
+         else f"Device: {device_label(env)} · library versions and commit not recorded"),
         "",
         f"Command: `{env.get('command')}`",
         "",
     ]
+    if env.get("rebuilt"):
+        lines[-1:-1] = [f"Rebuilt from the run's journal with `{env['rebuilt']}`.", ""]
     for name, info in models.items():
         source = info.get("source", {})
         described = ", ".join(f"{k} {v}" for k, v in source.items() if k != "note")

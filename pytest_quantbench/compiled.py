@@ -92,7 +92,8 @@ class CompiledDecoder:
         except Exception as error:
             if self.calls or self.fallback or not _is_compile_error(error):
                 raise
-            self.fallback = f"torch.compile failed ({type(error).__name__}: {_first_line(error)}): decode loop uncompiled"
+            why = f"{type(error).__name__}: {_first_line(error)}"
+            self.fallback = f"torch.compile failed ({why}): decode loop uncompiled"
             self.steps.clear()
             self.cache = None
             return self._generate(input_ids, decoding, max_new_tokens, marks)

@@ -172,7 +172,8 @@ def unquantized_parameter_count(model) -> int:
     total = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
+        sizes = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        if all(isinstance(size, int) for size in sizes):
             if weight is not None and id(weight) in seen:
                 continue
             seen.add(id(weight))

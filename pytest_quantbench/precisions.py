@@ -2,9 +2,9 @@
 
 Adding a precision is one `register(Precision(...))` call (or an entry point in the group
 `pytest_quantbench.precisions` pointing at a Precision). A name is `base[@arg][+flag...]`: what `@arg` means is the
-entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits, group size and kernel for gptq@4bit,g64,marlin), and
-`+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order; nf4+vision: an image-text model's
-vision tower quantized too, which families.py otherwise keeps in higher precision).
+entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits, group size and kernel for
+gptq@4bit,g64,marlin), and `+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order;
+nf4+vision: an image-text model's vision tower quantized too, which families.py otherwise keeps in higher precision).
 
 An entry loads in up to three steps, each optional:
   prepare(precision, source_dir, device) -> a directory to load instead (e.g. GPTQ quantized once and cached on disk)
@@ -244,7 +244,8 @@ def _parse_bits_group(kernels: tuple[str, ...] = ()) -> Callable[[str], dict]:
                 out["kernel"] = token
             else:
                 also = f" and/or a kernel ({', '.join(kernels)})" if kernels else ""
-                raise ValueError(f"unknown option {token!r}; expected <n>bit and/or g<group size>{also}, e.g. @4bit,g64")
+                raise ValueError(f"unknown option {token!r}; expected <n>bit and/or g<group size>{also}, "
+                                 "e.g. @4bit,g64")
         if out.get("bits", 4) not in (2, 3, 4, 8):
             raise ValueError(f"bits must be 2, 3, 4 or 8, not {out['bits']}")
         return out
@@ -287,8 +288,9 @@ def _gptqmodel(method: str) -> dict:
         return gptqmodel_after_load(method, precision, model, device)
 
     return {"prepare": prepare, "build": build, "after_load": after_load,
-            "requires": ("gptqmodel", "optimum"), "library": "GPTQModel", "parse_arg": _parse_bits_group(GPTQMODEL_KERNELS[method]),
-            "arg_help": "[@<bits>bit,g<group>,<kernel>]", "compiles": False}
+            "requires": ("gptqmodel", "optimum"), "library": "GPTQModel",
+            "parse_arg": _parse_bits_group(GPTQMODEL_KERNELS[method]), "arg_help": "[@<bits>bit,g<group>,<kernel>]",
+            "compiles": False}
 
 
 REGISTRY: dict[str, Precision] = {}

@@ -29,16 +29,17 @@ case $stage in
       --qb-precision ${PRECISIONS:-bf16,int8wo,int4wo,fp8,nf4} -k "speed or compiled_matches" \
       --qb-report-dir "$out/$stage" ;;
   qwen7b)  # a decoder shape with random weights (MODEL, default the Qwen2.5-7B shape), 64 new tokens: PRECISIONS in
-    # MODES (eager and compiled), then EAGER_PRECISIONS in eager mode only (bitsandbytes, GPTQModel: graph breaks)
+    # MODES (eager and compiled), then EAGER_PRECISIONS in eager mode only (kernels that do not compile: LLM.int8,
+    # GPTQModel)
     model=${MODEL:-synthetic:qwen2.5-7b}
-    if [ -n "${PRECISIONS-bf16,int4wo,int8wo,fp8}" ]; then
+    if [ -n "${PRECISIONS-bf16,int4wo,int8wo,fp8,nf4}" ]; then
       "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-mode "${MODES:-eager,compiled}" --qb-max-new-tokens 64 \
-        --qb-precision "${PRECISIONS-bf16,int4wo,int8wo,fp8}" -k "speed or compiled_matches or (memory and eager)" \
+        --qb-precision "${PRECISIONS-bf16,int4wo,int8wo,fp8,nf4}" -k "speed or compiled_matches or (memory and eager)" \
         --qb-report-dir "$out/$stage"
     fi
-    if [ -n "${EAGER_PRECISIONS-int8,nf4}" ]; then
+    if [ -n "${EAGER_PRECISIONS-int8}" ]; then
       "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-max-new-tokens 64 \
-        --qb-precision "${EAGER_PRECISIONS-int8,nf4}" -k "speed or memory" --qb-report-dir "$out/$stage-eager"
+        --qb-precision "${EAGER_PRECISIONS-int8}" -k "speed or memory" --qb-report-dir "$out/$stage-eager"
     fi ;;
   families)  # encoder-decoder and image-text shapes with random weights
     "${run[@]}" --qb-model synthetic:flan-t5-base --qb-model synthetic:paligemma-3b --qb-decoding greedy \

@@ -327,10 +327,9 @@ def _load_hint(precision, error: Exception) -> str:
     if not isinstance(error, (urllib.error.URLError, ConnectionError)):
         return ""
     if precision.library == "GPTQModel":
-        base = re.split(r"[@+]", precision.name)[0]
-        return ("; GPTQModel's automatic kernel choice fetched sources to build a kernel at first use (on Hopper its "
-                "Machete kernel downloads CUTLASS). Offline, name a kernel that builds without a download: "
-                f"{base}@marlin or {base}@{'triton' if base == 'gptq' else 'gemm_triton'}")
+        from .quantize import offline_kernel_hint
+
+        return "; " + offline_kernel_hint(re.split(r"[@+]", precision.name)[0])
     return f"; {precision.library} tried to download something: run where the network is reachable, or pre-fetch it"
 
 

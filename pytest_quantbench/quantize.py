@@ -255,6 +255,16 @@ def gptqmodel_load_kwargs(method: str, precision, device: str, checkpoint: Path 
     return kwargs
 
 
+TRITON_KERNEL = {"gptq": "triton", "awq": "gemm_triton"}  # builds with no download and takes any layer width
+
+
+def offline_kernel_hint(method: str) -> str:
+    """What to say when a GPTQ/AWQ load failed on a download: the kernel to name instead."""
+    return ("GPTQModel's automatic kernel choice fetched sources to build a kernel at first use (on Hopper its "
+            "Machete kernel downloads CUTLASS). Offline, name a kernel that builds without a download: "
+            f"{method}@marlin or {method}@{TRITON_KERNEL[method]}")
+
+
 def kernel_backend(method: str, kernel: str | None) -> str | None:
     """The backend name transformers hands GPTQModel for a kernel asked for by name (gptq@marlin, awq@gemv)."""
     if kernel is None:
@@ -276,7 +286,7 @@ def cuda_backend(method: str, checkpoint: Path) -> str | None:
               (config.get("num_key_value_heads") or heads) * head_dim]
     if all(width % 128 == 0 for width in widths):
         return None
-    return "gptq_triton" if method == "gptq" else "gemm_triton"
+    return kernel_backend(method, TRITON_KERNEL[method])
 
 
 def compute_dtype(device: str) -> str:

@@ -6,12 +6,15 @@ what a precision's kernels can really do.
 Greedy and sampling run here. Beam search reorders the cache every step and is left to eager mode (skip reason).
 Precisions whose kernels do not compile into one graph (bitsandbytes int8, GPTQModel, offload, HQQ), and any
 whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`).
+With SDPA attention and grouped query heads, a decode step attends with each key/value head's query heads as its
+query rows rather than copying the key/value heads (`grouped_decode_attention`; `compile_attention` in the record).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,10 @@ MODES = ("eager", "compiled")
 # Inductor's coordinate-descent tuning of its Triton kernels: longer compile, faster steps. QB_COMPILE_TUNING=0 turns
 # it off (a shorter compile where a precision's kernels take long to tune); the record says which ran.
 TUNE_KERNELS = os.environ.get("QB_COMPILE_TUNING", "1") != "0"
+# The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
+# with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
+DECODE_ATTENTION = "grouped"
+GROUPED_ATTENTION = "quantbench_grouped_sdpa"
 
 
 def why_not_compiled(decoding, family: str = "decoder") -> str | None:
@@ -43,6 +50,7 @@ class CompiledDecoder:
     calls: int = 0
     fallback: str | None = None
     tuned: bool = False  # compiled with Inductor's coordinate-descent tuning
+    attention: str | None = None  # the attention implementation the decode step ran
     stats: dict = field(default_factory=dict)
 
     def _cache_for(self, batch: int, length: int):
@@ -111,7 +119,8 @@ class CompiledDecoder:
         ids = input_ids.repeat_interleave(sequences, dim=0)
         prompt = ids.shape[1]
         start = time.perf_counter()
-        with torch.inference_mode():  # the cache's tensors are inference tensors: reset them inside it too
+        with torch.inference_mode(), _decode_attention(self.model) as attention:  # the cache's are inference tensors
+            self.attention = attention
             cache = self._cache_for(ids.shape[0], prompt + max_new_tokens)
             logits = self.model(input_ids=ids, cache_position=torch.arange(prompt, device=ids.device),
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -140,6 +149,49 @@ def cache_length(tokens: int, bucket: int = 256) -> int:
     lengths share one compiled step (its shapes include the cache's; a new shape would compile again). Attention
     reads the whole cache each step: at 256 positions that is a few MB, small beside the weights."""
     return max(bucket, -(-tokens // bucket) * bucket)
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA for one query token that reads each key/value head once: a group's query heads become that head's query
+    rows. Transformers' SDPA path copies the shared key/value heads to every query head first (`repeat_kv`) when a
+    mask is present, which it always is with a static cache; it packs the heads this way only outside torch.compile.
+    Other shapes (prefill, no head groups) go to transformers' SDPA unchanged."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, length, dim = query.shape
+    if length != 1 or groups == 1 or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None  # (batch, 1, 1, keys)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(batch, heads // groups, groups, dim), key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, 1, heads, dim), None
+
+
+def _register_grouped_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)  # the same boolean masks as SDPA
+
+
+@contextmanager
+def _decode_attention(model):
+    """The grouped decode attention for the length of a compiled generation, where the model uses SDPA (a model
+    loaded with eager or flash attention keeps it); eager mode never sees it."""
+    config = model.config
+    if DECODE_ATTENTION != "grouped" or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield getattr(config, "_attn_implementation", None)
+        return
+    _register_grouped_attention()
+    config._attn_implementation = GROUPED_ATTENTION
+    try:
+        yield "grouped_sdpa"
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 def _is_compile_error(error: Exception) -> bool:

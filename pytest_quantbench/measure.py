@@ -331,6 +331,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     if mode == "compiled":
         metrics["compile_s"] = handle.compiled.compile_s
         metrics["compile_tuning"] = handle.compiled.tuned
+        metrics["compile_attention"] = handle.compiled.attention
         if handle.compiled.fallback:
             metrics["compile_fallback"] = handle.compiled.fallback
     return metrics

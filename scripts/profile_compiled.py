@@ -4,10 +4,12 @@
 
 Loads the model as the plugin does, warms up (compiling in compiled mode), then profiles one generation of
 `--new-tokens` tokens and one prefill-only generation, whose kernels are subtracted so the figures are the decode
-steps'. Writes DIR/profile-<model>-<precision>-<mode>.json and .md: the time per decoded token
-(CUDA events, outside the profiler, and under it), the share of the profiled step the GPU spent running kernels, bytes read per step and the
-bandwidth that implies (MBU against the measured copy bandwidth), and the kernels grouped as matmul, attention and
-other, each with its time per token; matmul kernels also with the bandwidth they reach if they read all the weights.
+steps'. Writes DIR/profile-<model>-<precision>-<mode>.json and .md: the time per decoded token (CUDA events,
+outside the profiler, and under it), the share of the profiled step the GPU spent running kernels, bytes read per
+step and the bandwidth that implies (MBU against the measured copy bandwidth), and the kernels grouped as matmul,
+attention and other, each with its time per token; matmul kernels also with the bandwidth they reach if they read
+all the weights. `--attention sdpa` profiles the compiled step with transformers' own SDPA attention (file suffix
+-sdpa), for comparison with the plugin's grouped decode attention.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-tuning", action="store_true", help="compile without coordinate-descent kernel tuning")
+    parser.add_argument("--attention", default="grouped", choices=["grouped", "sdpa"],
+                        help="compiled decode attention: grouped query heads (the plugin's) or transformers' SDPA")
     args = parser.parse_args()
 
     import torch
@@ -44,6 +48,7 @@ def main() -> None:
     import pytest_quantbench.compiled
 
     pytest_quantbench.compiled.TUNE_KERNELS = not args.no_tuning
+    pytest_quantbench.compiled.DECODE_ATTENTION = args.attention
     from pytest_quantbench.decoding import parse_decoding
     from pytest_quantbench.measure import copy_bandwidth_gbps, decode_bytes_per_step, timed_generation
     from pytest_quantbench.models import load_model, resolve_model
@@ -94,7 +99,8 @@ def main() -> None:
     bandwidth = copy_bandwidth_gbps(args.device)
     matmul_us = by_category.get("matmul", 0.0)
     result = {
-        "model": spec.name, "precision": precision.name, "mode": args.mode, "tuned": not args.no_tuning, "device": torch.cuda.get_device_name(),
+        "model": spec.name, "precision": precision.name, "mode": args.mode, "tuned": not args.no_tuning,
+        "attention": args.attention, "device": torch.cuda.get_device_name(),
         "torch": torch.__version__, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
         "decode_ms_per_token": step_ms, "decode_ms_per_token_all": decode_ms,
         "profiled_decode_ms_per_token": profiled_step_ms,
@@ -110,6 +116,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"profile-{spec.name}-{precision.name}-{args.mode}" + ("-untuned" if args.no_tuning else "")
+    stem += "-sdpa" if args.attention == "sdpa" and args.mode == "compiled" else ""
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# {spec.name} {precision.name} {args.mode}: where a decode step goes", "",
              f"{result['device']}, torch {result['torch']}, prompt {prompt_tokens} tokens, {args.new_tokens} new.", "",

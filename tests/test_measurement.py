@@ -154,11 +154,43 @@ def test_compiled_decoder_runs_greedy_and_sampling_with_their_own_steps(tiny_syn
     assert greedy.shape == (1, prompt + 5) and again.tolist() == greedy.tolist()
     assert sampled.shape == (20, prompt + 5)  # 20 responses, each exactly 5 new tokens
     assert set(decoder.steps) == {"greedy", "sample"}
+    assert decoder.attention == "grouped_sdpa" and handle.model.config._attn_implementation == "sdpa"
     decoder.generate(inputs["input_ids"], parse_decoding("greedy"), 5)
     cache = decoder.cache
     longer = handle.encode([handle.format_prompt("hello, a longer prompt than the first one")])["input_ids"]
     decoder.generate(longer, parse_decoding("greedy"), 5)
     assert decoder.cache is cache  # one cache length for both prompts: the compiled step is not compiled again
+
+
+def test_grouped_decode_attention_gives_sdpa_logits(tiny_synthetic, monkeypatch):
+    """A decode step whose query heads are grouped by their key/value head (no repeat_kv copy) gives the logits of
+    transformers' SDPA attention; prefill goes to SDPA itself."""
+    import torch
+    from transformers import StaticCache
+
+    from pytest_quantbench import compiled
+
+    model = load_model(tiny_synthetic, parse_precision("fp32"), "cpu").model
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
+    queries = []
+    grouped = compiled.grouped_decode_attention
+    monkeypatch.setattr(compiled, "grouped_decode_attention",
+                        lambda module, query, *args, **kwargs: queries.append(query.shape) or grouped(
+                            module, query, *args, **kwargs))
+
+    def decode_logits(attention: str):
+        monkeypatch.setattr(compiled, "DECODE_ATTENTION", attention)
+        cache = StaticCache(config=model.config, max_cache_len=32)
+        with torch.inference_mode(), compiled._decode_attention(model):
+            first = model(input_ids=ids, cache_position=torch.arange(6), past_key_values=cache).logits[:, -1]
+            step = model(input_ids=first.argmax(-1)[:, None], cache_position=torch.tensor([6]), past_key_values=cache)
+        return step.logits[:, -1]
+
+    expected = decode_logits("sdpa")
+    assert not queries
+    assert torch.allclose(decode_logits("grouped"), expected, atol=1e-5)
+    assert [tuple(shape) for shape in queries] == [(1, 4, 6, 16)] * 2 + [(1, 4, 1, 16)] * 2  # 2 layers, 4 heads
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_static_cache_length_is_bucketed():

@@ -70,8 +70,7 @@ class CompiledDecoder:
         import torch
         import torch._inductor.config as inductor
 
-        # Every decoder compiles the same code object below, once per model, precision, decoding and batch: past
-        # Dynamo's default 8 entries it would run the step uncompiled, silently. A session stays far below 64.
+        # A new batch size compiles the step again: past Dynamo's default 8 entries it would run uncompiled, silently.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.tuned = TUNE_KERNELS
         if TUNE_KERNELS:  # as gpt-fast: tune the generated (e.g. fused weight-only dequant + matmul) Triton kernels
@@ -86,8 +85,15 @@ class CompiledDecoder:
 
         if self.fallback:  # kernels that cannot be captured: the same static-cache loop, uncompiled
             return decode_one_token, greedy
-        mode = "reduce-overhead" if _device(self.model).type == "cuda" else None
-        return torch.compile(decode_one_token, mode=mode, fullgraph=True, dynamic=False), greedy
+        options = {"triton.cudagraphs": True} if _device(self.model).type == "cuda" else {}  # "reduce-overhead"
+        # Dynamo guards every weight of the model on each call; for tensor subclasses (torchao's quantized weights)
+        # that is Python per weight, milliseconds a step. This step belongs to one model (its own code object, so
+        # Dynamo's cache is its alone): the guards on the model's modules are not needed.
+        skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+        if skip_module_guards:
+            options["guard_filter_fn"] = skip_module_guards
+        step = torch.compile(_own_code(decode_one_token), options=options or None, fullgraph=True, dynamic=False)
+        return step, greedy
 
     def generate(self, input_ids, decoding, max_new_tokens: int, marks=None):
         """Token ids (prompt + exactly `max_new_tokens`: end-of-sequence is suppressed, as eager measurement runs
@@ -142,6 +148,15 @@ class CompiledDecoder:
             self.compile_s = time.perf_counter() - start
         self.calls += 1
         return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
+
+
+def _own_code(function):
+    """`function` with a copy of its code object: Dynamo keys its cache of compiled code by code object, and the step
+    function of every decoder is made from the same one."""
+    import types
+
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
 
 
 def cache_length(tokens: int, bucket: int = 256) -> int:

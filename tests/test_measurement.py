@@ -193,6 +193,20 @@ def test_grouped_decode_attention_gives_sdpa_logits(tiny_synthetic, monkeypatch)
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_each_decoder_compiles_its_own_step(tiny_synthetic):
+    """The compiled step skips Dynamo's guards on the model's modules (per-weight Python for torchao's quantized
+    weights); each decoder's step has its own code object, so a second precision never runs the first one's graph
+    (it did: a shared one crashed on int8wo's weights after fp32)."""
+    from pytest_quantbench.compiled import decoder_for
+
+    greedy = parse_decoding("greedy")
+    for name in ("fp32", "int8wo"):
+        handle = load_model(tiny_synthetic, parse_precision(name), "cpu")
+        inputs = handle.encode(["abc"])
+        eager = handle.generate_ids(inputs, greedy, 4, exact_length=True)[0, -4:].tolist()
+        assert decoder_for(handle).generate(inputs["input_ids"], greedy, 4)[0, -4:].tolist() == eager
+
+
 def test_static_cache_length_is_bucketed():
     from pytest_quantbench.compiled import cache_length
 

@@ -7,11 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from .regression import compare, device_mismatch, load_baseline, parse_tolerances
+from .regression import gate, load_baseline, parse_tolerances
 from .report.writer import JSON_NAME, models_info, write_reports
-from .results import Record, journal_environment, load_report, report_dict, write_atomic
-
-DEFAULT_FAIL_ON = "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"
+from .results import DEFAULT_FAIL_ON, Record, journal_environment, load_report, report_dict, write_atomic
 
 
 def _records(data: dict) -> list[Record]:
@@ -59,22 +57,23 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     tolerances = parse_tolerances(args.fail_on)
-    base, new = load_baseline(Path(args.base)), load_baseline(Path(args.new))
+    baseline, new = load_baseline(Path(args.base)), load_baseline(Path(args.new)).records
     rows, regressions = [], 0
     for test, record in new.items():
-        if test not in base:
+        if test not in baseline.records:
             continue
-        mismatch = device_mismatch(base[test], record, Path(args.base))
-        if mismatch and not args.force:
-            print(mismatch, file=sys.stderr)
+        try:
+            checks = gate(baseline, record, tolerances, args.force)
+        except ValueError as error:  # measured on another device
+            print(error, file=sys.stderr)
             return 2
-        for check in compare(base[test], record, tolerances):
+        for check in checks:
             regressions += not check.passed
-            rows.append(f"| `{test}` | {check.name.removeprefix('regression[').rstrip(']')} | {check.baseline:.2f} | "
+            rows.append(f"| `{test}` | {check.name.removeprefix('regression[')[:-1]} | {check.baseline:.2f} | "
                         f"{check.measured:.2f} | {'**REGRESSION**' if not check.passed else 'ok'}: {check.message} |")
     print("| test | metric | baseline | new | verdict |\n| --- | --- | --- | --- | --- |")
     print("\n".join(rows))
-    unmatched = sorted(set(new) ^ set(base))
+    unmatched = sorted(set(new) ^ set(baseline.records))
     print(f"\n{len(rows)} comparisons, {regressions} regressions, {len(unmatched)} tests in only one run")
     return 1 if regressions else 0
 

@@ -139,6 +139,10 @@ class QuantBenchmark:
         self.record.task_details[task.name] = {"n": result.n, "metrics": result.metrics,
                                                "by_category_pct": {k: v * 100 for k, v in result.by_category.items()},
                                                "examples": result.examples}
+        if result.correct:  # per item, so that a later run's regression gate compares the same items paired
+            self.record.task_details[task.name]["outcomes"] = "".join("1" if c else "0" for c in result.correct)
+            if result.scores:
+                self.record.task_details[task.name]["scores"] = [round(float(x), 4) for x in result.scores]
         gate = self.thresholds.max_accuracy_drop if result.accuracy is not None else \
             self.thresholds.max_perplexity_increase
         if gate is not None and self.case.precision.name != self.baseline_precision:

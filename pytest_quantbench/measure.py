@@ -310,12 +310,16 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         on_results(latency)
     stats_ttft, stats_latency, stats_decode = summarize(ttft), summarize(latency), summarize(decode)
     sequences = decoding.num_responses
+    # Throughput comes from the same timed runs as latency, so it carries their spread the same way.
+    throughput = summarize([max_new_tokens * sequences / seconds for seconds in latency])
+    decode_throughput = summarize([sequences / seconds for seconds in decode if seconds > 0] or [0.0])
     metrics = {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "new_tokens": max_new_tokens,
         "sequences": sequences,
         "repeats": len(results),
         "ttft_ms": stats_ttft["median"] * 1000,
+        "ttft_iqr_ms": stats_ttft["iqr"] * 1000,
         "latency_ms": stats_latency["median"] * 1000,
         "latency_iqr_ms": stats_latency["iqr"] * 1000,
         "latency_cv": stats_latency["cv"],
@@ -324,7 +328,9 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         "ms_per_token_cv": stats_decode["cv"],
         "unstable": bool(target_cv and stats_decode["cv"] > target_cv),
         "tokens_per_s": max_new_tokens * sequences / stats_latency["median"],
+        "tokens_per_s_iqr": throughput["iqr"],
         "decode_tokens_per_s": sequences / stats_decode["median"] if stats_decode["median"] else 0.0,
+        "decode_tokens_per_s_iqr": decode_throughput["iqr"],
         **memory.metrics,
     }
     metrics.update(bandwidth_metrics(handle, decoding, metrics))

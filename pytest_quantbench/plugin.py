@@ -5,13 +5,14 @@ No torch or transformers import at module level: `pytest --help` and plain test 
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
 from .models import ModelLoadError
-from .results import Record, append_journal, environment, start_journal, write_atomic
+from .results import Record, append_journal, environment, start_journal
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_names
 
@@ -224,7 +225,9 @@ class SessionHooks:
         settings = self.state.settings
         paths = write_reports(self.state.records, settings.report_dir, command)
         if settings.save_baseline_file:
-            write_atomic(settings.save_baseline_file, paths[0].read_text(encoding="utf-8"))
+            from .regression import save_baseline
+
+            save_baseline(settings.save_baseline_file, json.loads(paths[0].read_text(encoding="utf-8")))
             paths.append(settings.save_baseline_file)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:  # GitHub Actions shows this file on the run's page

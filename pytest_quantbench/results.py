@@ -16,6 +16,50 @@ SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "pytest", "pytest-quantbench")
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What a gated metric is: its unit, which way is better, and how its noise is known.
+
+    `spread` names the metric of the same unit that holds its within-run spread (the IQR over the timed repeats);
+    `noise` is its kind of between-run variation ("timing", "memory", or "exact" for figures that do not vary
+    between runs of one commit), which picks the default in NOISE_DEFAULTS while a baseline has too few runs."""
+
+    unit: str
+    higher_is_better: bool
+    spread: str | None = None
+    noise: str = "timing"
+
+
+METRICS: dict[str, Metric] = {
+    "ms_per_token": Metric("ms", False, "ms_per_token_iqr"),
+    "latency_ms": Metric("ms", False, "latency_iqr_ms"),
+    "ttft_ms": Metric("ms", False, "ttft_iqr_ms"),
+    "tokens_per_s": Metric("tokens/s", True, "tokens_per_s_iqr"),
+    "decode_tokens_per_s": Metric("tokens/s", True, "decode_tokens_per_s_iqr"),
+    "load_s": Metric("s", False),
+    "peak_mem_mb": Metric("MB", False, noise="memory"),
+    "footprint_mb": Metric("MB", False, noise="exact"),
+    "kl_mean": Metric("nats", False, noise="exact"),
+    "top1_agreement_pct": Metric("%", True, noise="exact"),
+    # Per task; compared item by item (paired) in points, so it has no relative noise default.
+    "accuracy": Metric("pt", True, noise="paired"),
+}
+
+# Relative between-run variation assumed for a metric while its baseline holds fewer than MIN_HISTORY runs, by
+# (device, mode). Measured on same-commit reruns (docs/results/cpu/regression-gate, docs/results/h200/regression-gate):
+# eager decoding is host-bound and swings with the machine; a compiled step replays CUDA graphs and barely moves.
+NOISE_DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
+    ("cpu", "eager"): {"timing": 0.50, "memory": 0.05, "exact": 0.0},
+    ("cpu", "compiled"): {"timing": 0.50, "memory": 0.05, "exact": 0.0},
+    ("cuda", "eager"): {"timing": 0.50, "memory": 0.02, "exact": 0.0},
+    ("cuda", "compiled"): {"timing": 0.10, "memory": 0.02, "exact": 0.0},
+}
+# The regression gate's default tolerances (--qb-fail-on, quantbench compare --fail-on).
+DEFAULT_FAIL_ON = "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"
+MIN_HISTORY = 3  # runs of a baseline before their own spread replaces the default
+HISTORY_RUNS = 10  # runs a saved baseline keeps per test
+
+
 @dataclass
 class Record:
     """One test case: what ran (model, precision, decoding, device), what it measured, what it was held to."""

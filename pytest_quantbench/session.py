@@ -50,20 +50,14 @@ class QuantbenchSession:
 
     def regression_checks(self, record) -> list:
         """Checks of `record` against the same test in the --qb-baseline file (none without one)."""
-        from .regression import compare, device_mismatch, load_baseline
+        from .regression import gate, load_baseline
 
         path = self.settings.baseline_file
         if path is None:
             return []
         if self._baseline is None:
             self._baseline = load_baseline(path)
-        base = self._baseline.get(record.test)
-        if base is None:
-            return []
-        mismatch = device_mismatch(base, record, path)
-        if mismatch and not self.settings.force_baseline:
-            raise ValueError(mismatch)
-        return compare(base, record, self.settings.fail_on)
+        return gate(self._baseline, record, self.settings.fail_on, self.settings.force_baseline)
 
     @property
     def settings(self) -> Settings:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .results import DEFAULT_FAIL_ON
+
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_PRECISIONS = {"cpu": "fp32,bf16,int8,nf4,fp4", "cuda": "bf16,fp16,int8,nf4,fp4"}
 DEFAULT_BASELINE = {"cpu": "fp32", "cuda": "bf16"}
@@ -55,8 +57,8 @@ OPTIONS = [
      "fail when a perplexity task's word perplexity rises more than this many percent over the baseline's", None),
     ("--qb-save-baseline", "qb_save_baseline", "store this run's results in FILE for later comparison", None),
     ("--qb-baseline", "qb_baseline", "compare with the results stored in FILE; regressions fail their test", None),
-    ("--qb-fail-on", "qb_fail_on", "regression tolerances, e.g. ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt",
-     "ms_per_token:5%,tokens_per_s:5%,peak_mem_mb:2%,accuracy:1pt"),
+    ("--qb-fail-on", "qb_fail_on", ("regression tolerances against --qb-baseline; a change fails only beyond its "
+     "tolerance and the measured noise of both runs"), DEFAULT_FAIL_ON),
     ("--qb-force-baseline", "qb_force_baseline", "compare with a baseline measured on another device model", None),
     ("--qb-gpus-per-worker", "qb_gpus_per_worker", ("GPUs each pytest-xdist worker owns (CUDA_VISIBLE_DEVICES); "
      "with more than one, models spread over them with device_map=auto"), "1"),

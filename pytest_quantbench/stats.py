@@ -101,3 +101,37 @@ def compare_paired(baseline_correct: list[bool], candidate_correct: list[bool],
     drop = (sum(base) - sum(cand)) / len(base)
     return PairedComparison(len(base), drop * 100, low * 100, high * 100, CONFIDENCE, to_wrong, to_right,
                             mcnemar_exact(to_wrong, to_right))
+
+
+POWER = 0.80
+
+
+def min_detectable_drop(n: int, discordance: float = 0.0, confidence: float = CONFIDENCE,
+                        power: float = POWER) -> float:
+    """The smallest accuracy drop (a fraction) that a paired comparison of `n` items detects at `confidence`
+    (two-sided) with `power`; inf when no drop up to 100 points can be detected.
+
+    Connor's (1987) sample size for paired proportions, solved for the drop d: n = (z_a sqrt(p) + z_b sqrt(p - d^2))^2
+    / d^2, with p the share of items whose outcome differs between the two runs. A drop of d needs at least d of the
+    items to change, so p is the observed share or d, whichever is larger: with no changes observed this is the best
+    case, every changed item flipping to wrong.
+    """
+    if n <= 0:
+        return float("inf")
+    from statistics import NormalDist
+
+    z_a, z_b = NormalDist().inv_cdf(1 - (1 - confidence) / 2), NormalDist().inv_cdf(power)
+    drops = np.linspace(0.0005, 1.0, 2000)
+    changed = np.maximum(discordance, drops)
+    detectable = np.sqrt(n) * drops >= z_a * np.sqrt(changed) + z_b * np.sqrt(np.maximum(changed - drops**2, 0.0))
+    return float(drops[np.argmax(detectable)]) if detectable.any() else float("inf")
+
+
+def power_note(n: int, discordance: float, asked_pt: float) -> str | None:
+    """A sentence saying that `n` items cannot see a drop of `asked_pt` points, or None when they can."""
+    mde = min_detectable_drop(n, discordance) * 100
+    if mde <= asked_pt:
+        return None
+    detect = "no drop up to 100 pt" if mde == float("inf") else f"only drops >= {mde:.0f} pt"
+    return (f"underpowered: {n} items detect {detect} (95% confidence, 80% power); this gate asks "
+            f"{asked_pt:g} pt")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .results import METRICS
 from .settings import Thresholds
+from .stats import power_note
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ def accuracy_drop(task: str, precision: str, accuracy: float, baseline_precision
     if paired is not None:
         message += (f" (paired {paired.confidence * 100:.0f}% CI [{paired.ci_low_pt:.1f}, {paired.ci_high_pt:.1f}] pt, "
                     f"McNemar p={paired.p_value:.3g}, {paired.n} items: {paired.verdict})")
+    if paired is not None:
+        note = power_note(paired.n, (paired.flips_to_wrong + paired.flips_to_right) / paired.n, max_drop_pt)
+        message += f"; {note}" if note else ""
     if drop_test == "significant" and over:
         if paired is None:
             message += "; no per-item results to test significance: judged on the point estimate"
@@ -106,18 +111,13 @@ def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: 
             if "word_perplexity" in measured and "word_perplexity" in base:
                 checks.append(perplexity_increase(task, precision, measured["word_perplexity"], baseline_precision,
                                                   base["word_perplexity"], thresholds.max_perplexity_increase))
-    limits = [
-        ("peak_mem_mb", thresholds.max_memory_mb, at_most, "MB"),
-        ("footprint_mb", thresholds.max_footprint_mb, at_most, "MB"),
-        ("ms_per_token", thresholds.max_ms_per_token, at_most, "ms"),
-        ("tokens_per_s", thresholds.min_tokens_per_s, at_least, "tokens/s"),
-    ]
-    for metric, limit, check, unit in limits:
+    # Budgets; fidelity is against the baseline precision (the baseline itself scores 0 and 100%).
+    limits = {"peak_mem_mb": thresholds.max_memory_mb, "footprint_mb": thresholds.max_footprint_mb,
+              "ms_per_token": thresholds.max_ms_per_token, "tokens_per_s": thresholds.min_tokens_per_s,
+              "kl_mean": thresholds.max_kl, "top1_agreement_pct": thresholds.min_top1_agreement}
+    for metric, limit in limits.items():
         if limit is not None and metric in metrics:
-            checks.append(check(metric, metrics[metric], limit, unit))
-    # Fidelity against the baseline precision (the fixture's fidelity()); the baseline itself scores 0 and 100%.
-    if thresholds.max_kl is not None and "kl_mean" in metrics:
-        checks.append(at_most("kl_mean", metrics["kl_mean"], thresholds.max_kl, "nats", fmt=".3g"))
-    if thresholds.min_top1_agreement is not None and "top1_agreement_pct" in metrics:
-        checks.append(at_least("top1_agreement_pct", metrics["top1_agreement_pct"], thresholds.min_top1_agreement, "%"))
+            spec = METRICS[metric]
+            check = at_least if spec.higher_is_better else at_most
+            checks.append(check(metric, metrics[metric], limit, spec.unit, fmt=".3g" if metric == "kl_mean" else ".1f"))
     return checks

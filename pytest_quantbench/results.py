@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -127,11 +128,34 @@ def device_label(env: dict) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a report."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def replacing(path: Path):
+    """A temporary path beside `path` (same suffix, so a plotting library picks the format from it) that replaces
+    `path` when the block succeeds and is removed when it fails: `path` is the old file or the whole new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the report readable by its owner only
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno:  # name the file being written, not the temporary one
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 JOURNAL_NAME = "quantbench.jsonl"

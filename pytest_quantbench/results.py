@@ -161,10 +161,11 @@ def _umask() -> int:
 JOURNAL_NAME = "quantbench.jsonl"
 
 
-def start_journal(report_dir: Path, env: dict) -> None:
-    """A fresh journal whose first line is the environment, so that a report rebuilt from it names the machine,
-    libraries and commit that ran, not the machine that rebuilds it."""
-    append_journal(report_dir, {"environment": env}, fresh=True)
+def start_journal(path: Path, env: dict) -> None:
+    """A new journal whose first line is the environment, so that a report rebuilt from it names the machine,
+    libraries and commit that ran, not the machine that rebuilds it. An existing file is never overwritten."""
+    with open(path, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps({"environment": env}, default=str) + "\n")
 
 
 def journal_environment(records: list, env: dict | None) -> dict:
@@ -180,13 +181,25 @@ def journal_environment(records: list, env: dict | None) -> dict:
             "command": "not recorded (a journal from before the environment line; versions unknown)"}
 
 
-def append_journal(report_dir: Path, record: dict, fresh: bool = False) -> None:
+def append_journal(path: Path, record: dict) -> None:
     """Append one finished record as a JSON line, so a crash or Ctrl-C loses nothing already measured."""
-    path = Path(report_dir) / JOURNAL_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w" if fresh else "a", encoding="utf-8") as handle:
+    with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
-        handle.flush()
+
+
+def end_journal(path: Path, exitstatus: int, records: int) -> None:
+    """The last line of a session that ended (passed, failed or interrupted): a journal without it is a crash's."""
+    append_journal(path, {"session_end": {"exitstatus": exitstatus, "records": records}})
+
+
+def journal_ended(path: Path) -> bool:
+    """Whether the session that wrote this journal ended, rather than crashed or was killed."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(last, dict) and set(last) == {"session_end"}
 
 
 def report_dict(records: list[Record], env: dict, models: dict[str, dict]) -> dict:

@@ -16,10 +16,10 @@ FAST = ("--qb-repeats=1", "--qb-warmup=0", "-p", "no:cacheprovider")
 
 
 def journal_records(pytester):
-    """The journal's records, after its first line: the environment of the run."""
-    lines = (pytester.path / ".quantbench" / "quantbench.jsonl").read_text().splitlines()
-    assert set(json.loads(lines[0])) == {"environment"}
-    return [json.loads(line) for line in lines[1:]]
+    """The journal's records, between its first line (the environment of the run) and the session's end line."""
+    lines = [json.loads(line) for line in (pytester.path / ".quantbench" / "quantbench.jsonl").read_text().splitlines()]
+    assert set(lines[0]) == {"environment"}
+    return [line for line in lines[1:] if set(line) != {"session_end"}]
 
 
 def test_out_of_memory_fails_only_its_case(pytester, tiny_model_dir):

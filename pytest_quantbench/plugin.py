@@ -200,6 +200,7 @@ class SessionHooks:
     def __init__(self, config):
         self.config = config
         self.report_dir: ReportDir | None = None  # the controller's, claimed once quantbench tests are collected
+        self.nodes_down: dict[str, str] = {}  # xdist worker id -> why it went down
         self._cases: list[Case] | None = None
 
     @property
@@ -246,6 +247,24 @@ class SessionHooks:
         params = f"-{nodeid[nodeid.find('[') + 1:-1]}-" if nodeid.endswith("]") else ""
         return next((case for case in self._cases if f"-{case.id}-" in params), None)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        if error:
+            self.nodes_down[node.gateway.id] = str(error)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """A test whose xdist worker died is a crashed record, kept when xdist runs the test again on a new worker."""
+        case = self.case_of(crashitem)
+        if case is None:
+            return
+        worker = report.node.gateway.id
+        down = self.nodes_down.get(worker)
+        record = Record(crashitem, case.model.name, case.precision.name, case.decoding.name, self.state.settings.device,
+                        outcome="crashed", reason=f"{report.longrepr}" + (f" (node down: {down})" if down else ""),
+                        worker=worker, mode=case.mode)
+        report.quantbench_record = record.as_dict()
+
     def pytest_runtest_logreport(self, report):
         data = getattr(report, "quantbench_record", None)
         if data is not None:
@@ -287,6 +306,11 @@ class SessionHooks:
         terminalreporter.write_sep("=", "quantbench")
         if records:
             terminalreporter.write_line(terminal_table(records))
+        for i, record in enumerate(records):
+            if record.outcome == "crashed":
+                rerun = next((r for r in records[i + 1:] if r.test == record.test and r.outcome != "crashed"), None)
+                again = f"; its rerun on {rerun.worker} {rerun.outcome}" if rerun else ""
+                terminalreporter.write_line(f"crashed: {record.reason}{again}", red=True)
         for path in getattr(self.state, "report_paths", []):
             terminalreporter.write_line(f"report: {path}")
         if report_dir.journal:

@@ -26,7 +26,7 @@ class Record:
     precision: str
     decoding: str
     device: str
-    outcome: str = "passed"  # passed, failed or skipped
+    outcome: str = "passed"  # passed, failed, skipped, or crashed (its xdist worker died)
     reason: str | None = None  # skip reason or failure message
     metrics: dict[str, float] = field(default_factory=dict)  # unit in every key: load_s, ms_per_token, ...
     accuracy_pct: dict[str, float] = field(default_factory=dict)  # task -> accuracy in percent

@@ -18,7 +18,7 @@ def _records(data: dict) -> list[Record]:
 
 def read_journal(path: Path) -> tuple[list[Record], dict | None]:
     """Records from a journal and the environment its first line recorded (None in older journals); a last line cut
-    short by a crash is dropped, any other bad line is an error."""
+    short by a crash is dropped, any other bad line is an error, and so is a journal without records."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     records, env = [], None
     for number, line in enumerate(lines, 1):
@@ -26,15 +26,21 @@ def read_journal(path: Path) -> tuple[list[Record], dict | None]:
             continue
         try:
             data = json.loads(line)
-            if isinstance(data, dict) and set(data) == {"environment"}:
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            if set(data) == {"environment"}:
                 env = data["environment"]
+                continue
+            if set(data) == {"session_end"}:
                 continue
             records.append(Record.from_dict(data))
         except (json.JSONDecodeError, TypeError) as error:
-            if number == len(lines):
+            if number == len(lines) and isinstance(error, json.JSONDecodeError):
                 print(f"{path}:{number}: dropped a truncated last line", file=sys.stderr)
                 continue
             raise ValueError(f"{path}:{number}: not a quantbench record ({error})") from None
+    if not records:
+        raise ValueError(f"{path}: the journal holds no test records: nothing to report")
     return records, env
 
 

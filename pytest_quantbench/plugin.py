@@ -12,7 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 import pytest
 
 from .models import ModelLoadError
-from .results import Record, append_journal, environment, start_journal
+from .report_dir import ReportDir
+from .results import Record, environment
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_names
 
@@ -199,51 +200,128 @@ class SessionHooks:
 
     def __init__(self, config):
         self.config = config
+        self.report_dir: ReportDir | None = None  # the controller's, claimed once quantbench tests are collected
+        self.nodes_down: dict[str, str] = {}  # xdist worker id -> why it went down
+        self._cases: list[Case] | None = None
 
     @property
     def state(self) -> QuantbenchSession:
         return self.config.stash[SESSION]
 
+    @property
+    def command(self) -> str:
+        return " ".join(["pytest", *self.config.invocation_params.args])
+
+    def claim_report_dir(self, late: bool = False) -> None:
+        """Lock the report directory and check it takes writes, before any test runs; a session that runs no
+        quantbench test leaves it alone. `late`: claimed at the first record, where a refusal is an error line."""
+        if self.report_dir is not None or _is_worker(self.config) or self.config.option.collectonly:
+            return
+        report_dir = ReportDir(self.state.settings.report_dir)
+        try:
+            report_dir.claim(self.command)
+        except ValueError as error:
+            if not late:
+                raise pytest.UsageError(str(error)) from None
+            report_dir.errors.append(f"{error}; this session's results are not saved")
+        self.report_dir = report_dir
+        self.config.add_cleanup(report_dir.release)
+
+    def pytest_collection_finish(self, session):
+        if any(isinstance(getattr(item, "callspec", None) and item.callspec.params.get(CASE_ARG), Case)
+               for item in session.items):
+            self.claim_report_dir()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        # Under xdist the controller collects nothing: the first worker's test ids say whether quantbench runs.
+        if any(self.case_of(nodeid) for nodeid in ids):
+            self.claim_report_dir()
+
+    def case_of(self, nodeid: str) -> Case | None:
+        """The matrix cell a test id names (`test[<model>-<precision>-<decoding>...]`), or None."""
+        if self._cases is None:
+            try:
+                self._cases = sorted(self.state.cases(), key=lambda c: len(c.id), reverse=True)
+            except (ValueError, ModelLoadError):  # the workers report it as a usage error
+                self._cases = []
+        params = f"-{nodeid[nodeid.find('[') + 1:-1]}-" if nodeid.endswith("]") else ""
+        return next((case for case in self._cases if f"-{case.id}-" in params), None)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        if error:
+            self.nodes_down[node.gateway.id] = str(error)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """A test whose xdist worker died is a crashed record, kept when xdist runs the test again on a new worker."""
+        case = self.case_of(crashitem)
+        if case is None:
+            return
+        worker = report.node.gateway.id
+        down = self.nodes_down.get(worker)
+        record = Record(crashitem, case.model.name, case.precision.name, case.decoding.name, self.state.settings.device,
+                        outcome="crashed", reason=f"{report.longrepr}" + (f" (node down: {down})" if down else ""),
+                        worker=worker, mode=case.mode)
+        report.quantbench_record = record.as_dict()
+
     def pytest_runtest_logreport(self, report):
         data = getattr(report, "quantbench_record", None)
         if data is not None:
             self.state.records.append(Record.from_dict(data))
-            if not _is_worker(self.config):
-                # The first record of a session starts a fresh journal (its environment first); sessions without
-                # records leave it alone.
-                if len(self.state.records) == 1:
-                    command = " ".join(["pytest", *self.config.invocation_params.args])
-                    start_journal(self.state.settings.report_dir, environment(data["device"], command))
-                append_journal(self.state.settings.report_dir, data)
+            self.claim_report_dir(late=True)  # already claimed, unless an xdist test id did not name its case
+            if self.report_dir is not None:  # the first record starts this session's journal, its environment first
+                self.report_dir.write(data, lambda: environment(data["device"], self.command))
 
     def pytest_sessionfinish(self, session):
-        if _is_worker(self.config) or not self.state.records:
+        report_dir = self.report_dir
+        if report_dir is None:
             return
-        from .report.writer import write_reports
+        records, settings = self.state.records, self.state.settings
+        if records and report_dir.held:
+            from .report.writer import write_reports
 
-        command = " ".join(["pytest", *self.config.invocation_params.args])
-        settings = self.state.settings
-        paths = write_reports(self.state.records, settings.report_dir, command)
-        if settings.save_baseline_file:
-            from .regression import save_baseline
+            try:
+                paths = write_reports(records, settings.report_dir, self.command)
+                self.state.report_paths = paths
+                if settings.save_baseline_file:
+                    from .regression import save_baseline
 
-            save_baseline(settings.save_baseline_file, json.loads(paths[0].read_text(encoding="utf-8")))
-            paths.append(settings.save_baseline_file)
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:  # GitHub Actions shows this file on the run's page
-            with open(summary, "a", encoding="utf-8") as handle:
-                handle.write(paths[1].read_text(encoding="utf-8") + "\n")
-        self.state.report_paths = paths
+                    save_baseline(settings.save_baseline_file, json.loads(paths[0].read_text(encoding="utf-8")))
+                    paths.append(settings.save_baseline_file)
+                summary = os.environ.get("GITHUB_STEP_SUMMARY")
+                if summary:  # GitHub Actions shows this file on the run's page
+                    with open(summary, "a", encoding="utf-8") as handle:
+                        handle.write(paths[1].read_text(encoding="utf-8") + "\n")
+            except OSError as error:
+                report_dir.failed("the report", error)
+        if report_dir.errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # results that could not be saved fail the run
+        report_dir.finish(session.exitstatus, len(records))
 
     def pytest_terminal_summary(self, terminalreporter):
-        if _is_worker(self.config) or not self.state.records:
+        report_dir, records = self.report_dir, self.state.records
+        if report_dir is None or not (records or report_dir.notices or report_dir.errors):
             return
         from .report.markdown import terminal_table
 
         terminalreporter.write_sep("=", "quantbench")
-        terminalreporter.write_line(terminal_table(self.state.records))
+        if records:
+            terminalreporter.write_line(terminal_table(records))
+        for i, record in enumerate(records):
+            if record.outcome == "crashed":
+                rerun = next((r for r in records[i + 1:] if r.test == record.test and r.outcome != "crashed"), None)
+                again = f"; its rerun on {rerun.worker} {rerun.outcome}" if rerun else ""
+                terminalreporter.write_line(f"crashed: {record.reason}{again}", red=True)
         for path in getattr(self.state, "report_paths", []):
             terminalreporter.write_line(f"report: {path}")
+        if report_dir.journal:
+            terminalreporter.write_line(f"journal: {report_dir.journal}")
+        for notice in report_dir.notices:
+            terminalreporter.write_line(f"quantbench: {notice}", yellow=True)
+        for error in report_dir.errors:
+            terminalreporter.write_line(f"quantbench error: {error}", red=True)
 
 
 def _is_worker(config) -> bool:

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -69,7 +70,7 @@ class Record:
     precision: str
     decoding: str
     device: str
-    outcome: str = "passed"  # passed, failed or skipped
+    outcome: str = "passed"  # passed, failed, skipped, or crashed (its xdist worker died)
     reason: str | None = None  # skip reason or failure message
     metrics: dict[str, float] = field(default_factory=dict)  # unit in every key: load_s, ms_per_token, ...
     accuracy_pct: dict[str, float] = field(default_factory=dict)  # task -> accuracy in percent
@@ -171,20 +172,44 @@ def device_label(env: dict) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a report."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def replacing(path: Path):
+    """A temporary path beside `path` (same suffix, so a plotting library picks the format from it) that replaces
+    `path` when the block succeeds and is removed when it fails: `path` is the old file or the whole new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the report readable by its owner only
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno:  # name the file being written, not the temporary one
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 JOURNAL_NAME = "quantbench.jsonl"
 
 
-def start_journal(report_dir: Path, env: dict) -> None:
-    """A fresh journal whose first line is the environment, so that a report rebuilt from it names the machine,
-    libraries and commit that ran, not the machine that rebuilds it."""
-    append_journal(report_dir, {"environment": env}, fresh=True)
+def start_journal(path: Path, env: dict) -> None:
+    """A new journal whose first line is the environment, so that a report rebuilt from it names the machine,
+    libraries and commit that ran, not the machine that rebuilds it. An existing file is never overwritten."""
+    with open(path, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps({"environment": env}, default=str) + "\n")
 
 
 def journal_environment(records: list, env: dict | None) -> dict:
@@ -200,13 +225,25 @@ def journal_environment(records: list, env: dict | None) -> dict:
             "command": "not recorded (a journal from before the environment line; versions unknown)"}
 
 
-def append_journal(report_dir: Path, record: dict, fresh: bool = False) -> None:
+def append_journal(path: Path, record: dict) -> None:
     """Append one finished record as a JSON line, so a crash or Ctrl-C loses nothing already measured."""
-    path = Path(report_dir) / JOURNAL_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w" if fresh else "a", encoding="utf-8") as handle:
+    with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
-        handle.flush()
+
+
+def end_journal(path: Path, exitstatus: int, records: int) -> None:
+    """The last line of a session that ended (passed, failed or interrupted): a journal without it is a crash's."""
+    append_journal(path, {"session_end": {"exitstatus": exitstatus, "records": records}})
+
+
+def journal_ended(path: Path) -> bool:
+    """Whether the session that wrote this journal ended, rather than crashed or was killed."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(last, dict) and set(last) == {"session_end"}
 
 
 def report_dict(records: list[Record], env: dict, models: dict[str, dict]) -> dict:

@@ -215,7 +215,8 @@ def test_report_files(pytester, tiny):
     assert "## By precision" in markdown and "### greedy" in markdown and "### beam2" in markdown
     assert re.search(r"\| tiny +\| fp32 ", markdown) and re.search(r"\| tiny +\| nf4 ", markdown)
     journal = (pytester.path / ".quantbench" / "quantbench.jsonl").read_text().splitlines()
-    assert len(journal) == 1 + 4 and json.loads(journal[0])["environment"]["command"] == env["command"]
+    assert len(journal) == 1 + 4 + 1 and json.loads(journal[0])["environment"]["command"] == env["command"]
+    assert json.loads(journal[-1]) == {"session_end": {"exitstatus": 0, "records": 4}}
 
 
 def test_tests_of_one_precision_run_together_baseline_first(pytester, tiny):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..results import write_atomic
 from . import accuracy_columns
 
 
@@ -31,7 +32,6 @@ def write_html(frame: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
                               title="Peak memory per precision"))
     body = "\n".join(pio.to_html(f, full_html=False, include_plotlyjs="inline" if i == 0 else False)
                      for i, f in enumerate(figures))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>quantbench</title></head>"
-                    f"<body><h1>quantbench report</h1>{body}</body></html>", encoding="utf-8")
+    write_atomic(path, f"<!doctype html><html><head><meta charset='utf-8'><title>quantbench</title></head>"
+                       f"<body><h1>quantbench report</h1>{body}</body></html>")
     return path

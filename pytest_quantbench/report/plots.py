@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..results import replacing
 from . import accuracy_columns
 
 BARS = {"footprint_mb": "model footprint (MB)", "tokens_per_s": "tokens/s", "peak_mem_mb": "peak memory (MB)"}
@@ -90,7 +91,9 @@ def write_plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path

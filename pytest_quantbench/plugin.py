@@ -14,6 +14,7 @@ from .models import ModelLoadError
 from .results import Record, append_journal, environment, start_journal, write_atomic
 from .session import Case, QuantbenchSession
 from .settings import add_options, check_marker, check_names
+from .tasks.generation import DatasetError
 
 SESSION = pytest.StashKey[QuantbenchSession]()
 BENCH = pytest.StashKey[object]()  # the test's QuantBenchmark, read by the call and report hooks
@@ -170,7 +171,13 @@ def quantbench(request, qb_case: Case):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    result = yield
+    failure = None
+    try:
+        result = yield
+    except (ModelLoadError, DatasetError) as error:  # the message names the model or data file and the problem
+        failure = f"{type(error).__name__}: {error}"
+    if failure:  # failed outside the except block: pytest then shows no chained exception, and no stack
+        pytest.fail(failure, pytrace=False)
     bench = item.stash.get(BENCH, None)
     if bench is not None:
         bench.enforce_thresholds()

@@ -11,7 +11,10 @@ import shutil
 import pytest
 
 from pytest_quantbench.cli import main
+from pytest_quantbench.models import embedded_gguf_path
 from pytest_quantbench.results import Record, load_report
+from pytest_quantbench.tasks.generation import DatasetError
+from pytest_quantbench.tasks.multiple_choice import arc_loader, load_mmlu
 
 SPEED_TEST = """
 def test_speed(quantbench):
@@ -139,6 +142,7 @@ def test_marker_takes_one_name_as_a_list_of_one(pytester, tiny):
     result = pytester.runpytest("--collect-only", "-q", tiny, "--qb-precision=fp32,bf16", "--qb-decoding=greedy,beam2")
     result.stdout.fnmatch_lines(["*test_speed?tiny-fp32-greedy?*", "*1 test collected*"])
 
+
 def write_report(path, records, **extra):
     path.write_text(json.dumps({"schema_version": 1, "environment": {}, "models": {}, "records": records, **extra}))
     return path
@@ -209,3 +213,136 @@ def test_merge_drops_identical_records_and_keeps_other_runs_of_a_test(tmp_path, 
     assert "1 tests appear in more than one report with different results: all kept" in out
     merged = load_report(tmp_path / "out" / "quantbench.json")["records"]
     assert sorted(r["metrics"]["ms_per_token"] for r in merged) == [12.5, 13.0]
+
+
+@pytest.fixture
+def private_cache(monkeypatch, tmp_path):
+    """A conversion that should fail must not leave anything in the user's cache."""
+    monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def first_bytes(path, count: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(count)
+
+
+def small_gguf() -> bytes:
+    """A whole GGUF file of 16 KB: a llama header, no tokenizer, one 64x64 tensor."""
+    import tempfile
+
+    import gguf
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        writer = gguf.GGUFWriter(f"{folder}/small.gguf", "llama")
+        writer.add_block_count(1)
+        writer.add_tensor("token_embd.weight", np.zeros((64, 64), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with open(f"{folder}/small.gguf", "rb") as handle:
+            return handle.read()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (lambda: b"", "{path}: empty file, not a GGUF model"),
+    (lambda: b"PK\x03\x04 a zip, not a model" * 40,
+     "{path}: not a GGUF file (it starts with b'PK\\x03\\x04'; a GGUF file starts with b'GGUF')"),
+    (lambda: first_bytes(embedded_gguf_path(), 2000), "{path}: truncated or corrupt GGUF file (2000 bytes;"),
+    (lambda: small_gguf()[:-4000],  # cut in the tensor data
+     "{path}: truncated or corrupt GGUF file (12544 bytes; ValueError: cannot reshape"),
+    (small_gguf, "could not convert {path}: ValueError: Cannot build a tokenizer"),  # whole, but no tokenizer
+])
+def test_broken_gguf_fails_its_cases_with_one_message(pytester, private_cache, content, message):
+    path = pytester.path / "model.gguf"
+    path.write_bytes(content())
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest(f"--qb-model={path}", *ONE_CASE)
+    result.assert_outcomes(failed=1)
+    assert f"ModelLoadError: {message.format(path=path)}" in result.stdout.str()
+    assert_no_traceback(result.outlines + result.errlines)
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1 is set"),
+    ({"HF_ENDPOINT": "https://127.0.0.1:9"}, "the Hugging Face hub is unreachable"),  # nothing listens on port 9
+])
+def test_hub_model_offline_is_one_clear_line(pytester, monkeypatch, env, why):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest("--qb-model=quantbench-tests/not-cached", *ONE_CASE)
+    result.assert_outcomes(failed=1)
+    assert (f"ModelLoadError: quantbench-tests/not-cached: {why} and the model is not in the local hub cache; "
+            "download it where the network is reachable (hf download quantbench-tests/not-cached) or pass a local "
+            "directory (--qb-model NAME=/path/to/model)") in result.stdout.str()
+    assert "Retrying" not in result.stdout.str()
+    assert_no_traceback(result.outlines + result.errlines)
+
+
+def test_hub_model_offline_loads_from_the_local_hub_cache(pytester, monkeypatch, tiny_model_dir):
+    revision = "0" * 40
+    repo = pytester.path / "hub" / "models--quantbench-tests--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "hub"))  # read when huggingface_hub is imported
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest_subprocess("--qb-model=quantbench-tests/tiny", *ONE_CASE)
+    result.assert_outcomes(passed=1)
+    record = load_report(pytester.path / ".quantbench" / "quantbench.json")["records"][0]
+    assert record["model_info"]["source"] == {"kind": "hub", "id": "quantbench-tests/tiny", "revision": revision}
+
+
+GOOD_MMLU = '{"subject": "anatomy", "question": "q?", "choices": ["a", "b", "c", "d"], "answer": 1}\n'
+
+
+def test_malformed_data_row_fails_with_file_and_line_only(pytester, tiny):
+    data = pytester.mkdir("data")
+    (data / "mmlu").mkdir()
+    (data / "mmlu" / "mmlu_test.jsonl").write_text(GOOD_MMLU + GOOD_MMLU.replace('"c", "d"', '"c"'))
+    pytester.makepyfile("def test_mmlu(quantbench):\n    quantbench.evaluate('mmlu')\n")
+    result = pytester.runpytest(tiny, f"--qb-data-dir={data}", *ONE_CASE)
+    result.assert_outcomes(failed=1)
+    assert (f"DatasetError: {data}/mmlu/mmlu_test.jsonl:2: expected 4 string choices ('choices' list or columns "
+            "A-D)") in result.stdout.str()
+    assert_no_traceback(result.outlines + result.errlines)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("mmlu/mmlu_test.jsonl", b"", "mmlu/mmlu_test.jsonl: no rows"),
+    ("mmlu/mmlu_test.jsonl", GOOD_MMLU.encode() + b'{"question": "caf\xe9"}\n',
+     "mmlu/mmlu_test.jsonl:2: not UTF-8 text (invalid continuation byte at byte 18 of the line)"),
+    ("mmlu/mmlu_test.jsonl", GOOD_MMLU.encode() + b"[1, 2]\n",
+     "mmlu/mmlu_test.jsonl:2: expected a JSON object, got list"),
+    ("mmlu/mmlu_test.jsonl", GOOD_MMLU.replace("1}", '"E"}').encode(),
+     "mmlu/mmlu_test.jsonl:1: answer 'E' is not one of A-D or 0-3"),
+    ("mmlu/mmlu_test.parquet", b"PAR1 not really", "mmlu/mmlu_test.parquet: not a readable parquet file"),
+    ("mmlu/data/test/anatomy_test.csv", b"q,a,b,c,d,A\nq2,a,b\n",
+     "mmlu/data/test/anatomy_test.csv:2: expected 6 fields (question, A, B, C, D, answer), got 3"),
+    ("mmlu/data/test/anatomy_test.csv", b"", "mmlu/data/test: every *_test.csv file is empty"),
+])
+def test_malformed_mmlu_files_name_the_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetError) as error:
+        load_mmlu(tmp_path, "test")
+    assert str(error.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_mmlu_rows_with_a_byte_order_mark_and_windows_line_ends_load(tmp_path):
+    (tmp_path / "mmlu").mkdir()
+    text = "\ufeff" + (GOOD_MMLU + GOOD_MMLU).replace("\n", "\r\n")
+    (tmp_path / "mmlu" / "mmlu_test.jsonl").write_bytes(text.encode())
+    assert len(load_mmlu(tmp_path, "test")) == 2
+
+
+def test_arc_labels_must_be_a_list(tmp_path):
+    (tmp_path / "arc").mkdir()
+    (tmp_path / "arc" / "ARC-Easy-Test.jsonl").write_text(
+        '{"id": "1", "question": "q", "choices": {"text": ["a", "b"], "label": "AB"}, "answerKey": "A"}\n')
+    with pytest.raises(DatasetError, match="ARC-Easy-Test.jsonl:1: expected choices with matching 'text' and 'label'"):
+        arc_loader("ARC-Easy")(tmp_path, "test")

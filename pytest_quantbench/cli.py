@@ -85,10 +85,21 @@ def cmd_compare(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    records, sources = [], []
+    """A file named twice is refused; a record identical to one already merged (a report copied under another name)
+    is dropped; records of one test that differ (separate runs, shards on other hosts) are all kept."""
+    files = [(Path(name).stat().st_dev, Path(name).stat().st_ino) for name in args.files]
+    twice = [name for name, file in zip(args.files, files) if files.count(file) > 1]
+    if twice:
+        raise ValueError(f"{' and '.join(dict.fromkeys(twice))}: the same report given more than once")
+    records, sources, seen, dropped = [], [], set(), 0
     for name in args.files:
         data = load_report(Path(name))
-        records += _records(data)
+        for record in _records(data):
+            key = json.dumps(record.as_dict(), sort_keys=True, default=str)
+            dropped += key in seen
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
         sources.append({"file": name, "environment": data.get("environment", {})})
     out = Path(args.out)
     merged = report_dict(records, sources[0]["environment"], models_info(records))
@@ -98,6 +109,12 @@ def cmd_merge(args) -> int:
 
     write_atomic(out / "quantbench.md", render(records, sources[0]["environment"], merged["models"]))
     print(f"merged {len(records)} records from {len(sources)} reports into {out}")
+    if dropped:
+        print(f"dropped {dropped} records identical to one already merged")
+    tests = [r.test for r in records]
+    repeated = len({t for t in tests if tests.count(t) > 1})
+    if repeated:
+        print(f"{repeated} tests appear in more than one report with different results: all kept")
     return 0
 
 

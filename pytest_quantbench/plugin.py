@@ -15,7 +15,8 @@ from .models import ModelLoadError
 from .report_dir import ReportDir
 from .results import Record, environment
 from .session import Case, QuantbenchSession
-from .settings import add_options, check_names
+from .settings import add_options, check_marker, check_names
+from .tasks.generation import DatasetError
 
 SESSION = pytest.StashKey[QuantbenchSession]()
 BENCH = pytest.StashKey[object]()  # the test's QuantBenchmark, read by the call and report hooks
@@ -39,7 +40,7 @@ def pytest_configure(config):
     )
     try:
         check_names(config)
-    except ValueError as error:
+    except (ValueError, ModelLoadError) as error:
         raise pytest.UsageError(str(error)) from None
     _pin_worker_gpus(config)
     config.stash[SESSION] = QuantbenchSession(config)
@@ -100,7 +101,8 @@ def _marker_kwargs(definition) -> dict:
     kwargs: dict = {}
     for mark in reversed(list(definition.iter_markers(MARKER))):  # closest marker wins
         kwargs.update(mark.kwargs)
-    return kwargs
+    # One name counts as a list of one (`precisions="nf4"`), not as a sequence of letters.
+    return {k: [v] if k in NARROWING and isinstance(v, str) else v for k, v in kwargs.items()}
 
 
 def pytest_generate_tests(metafunc):
@@ -109,9 +111,11 @@ def pytest_generate_tests(metafunc):
     session = metafunc.config.stash[SESSION]
     kwargs = _marker_kwargs(metafunc.definition)
     try:
+        check_marker(kwargs, NARROWING)
         cases = session.cases(**{k: kwargs.get(k) for k in NARROWING})
     except (ValueError, ModelLoadError) as error:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {error}") from None
+        # A collection error shows its message alone; a UsageError raised here would come with pluggy's stack.
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {MARKER} marker: {error}") from None
     metafunc.parametrize(CASE_ARG, cases, ids=[c.id for c in cases])
 
 
@@ -169,7 +173,13 @@ def quantbench(request, qb_case: Case):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    result = yield
+    failure = None
+    try:
+        result = yield
+    except (ModelLoadError, DatasetError) as error:  # the message names the model or data file and the problem
+        failure = f"{type(error).__name__}: {error}"
+    if failure:  # failed outside the except block: pytest then shows no chained exception, and no stack
+        pytest.fail(failure, pytrace=False)
     bench = item.stash.get(BENCH, None)
     if bench is not None:
         bench.enforce_thresholds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import platform
 import subprocess
@@ -86,8 +87,57 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict) -> Record:
+        """A record from its JSON form; ValueError naming the field that is missing or of the wrong type."""
+        problem = record_problem(data)
+        if problem:
+            raise ValueError(problem)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# The JSON type of each record field, checked when a report, baseline or journal is read: a hand-edited or foreign
+# file gets a message naming the field, not a crash (or a comparison silently skipped) far from the cause.
+FIELD_TYPES = {"test": str, "model": str, "precision": str, "decoding": str, "device": str, "outcome": str,
+               "reason": (str, type(None)), "metrics": dict, "accuracy_pct": dict, "task_details": dict,
+               "checks": list, "model_info": dict, "worker": str, "device_name": str, "mode": str}
+REQUIRED_FIELDS = ("test", "model", "precision", "decoding", "device")
+# A metric whose key ends in its unit (load_s, ms_per_token, peak_mem_mb) is a number, or null when not measured;
+# other metrics may also be a flag or a name (unstable, bandwidth_source).
+UNIT_SUFFIXES = ("_s", "_ms", "_mb", "_pct", "_per_token", "_gbps", "_cv", "_iqr")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars count
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def record_problem(data) -> str | None:
+    """What keeps `data` from being a record, naming the field; None when it is one."""
+    if not isinstance(data, dict):
+        return f"expected a record (a JSON object), got {type(data).__name__} {_shown(data)}"
+    missing = [key for key in REQUIRED_FIELDS if key not in data]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    for key, kind in FIELD_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            expected = {dict: "an object", list: "a list", str: "a string"}.get(kind, "a string or null")
+            return f"field {key!r}: expected {expected}, got {_shown(data[key])}"
+    for name, value in data.get("metrics", {}).items():
+        if name.endswith(UNIT_SUFFIXES) and not (_is_number(value) or value is None):
+            return f"metrics[{name!r}]: expected a number, got {_shown(value)}"
+        if not isinstance(value, (numbers.Real, str, type(None))):
+            return f"metrics[{name!r}]: expected a number, a flag or a name, got {_shown(value)}"
+    for task, value in data.get("accuracy_pct", {}).items():
+        if not _is_number(value):
+            return f"accuracy_pct[{task!r}]: expected a number (percent), got {_shown(value)}"
+    for index, check in enumerate(data.get("checks", [])):
+        if not isinstance(check, dict):
+            return f"checks[{index}]: expected an object, got {_shown(check)}"
+    return None
 
 
 def _version(package: str) -> str | None:
@@ -263,4 +313,12 @@ def load_report(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable quantbench report ({error})") from None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("records"), list):
         raise ValueError(f"{path}: not a quantbench report of schema version {SCHEMA_VERSION}")
+    not_objects = [key for key in ("environment", "models") if not isinstance(data.get(key, {}), dict)]
+    if not_objects:
+        raise ValueError(f"{path}: {not_objects[0]!r} must be an object, got {_shown(data[not_objects[0]])}")
+    for index, record in enumerate(data["records"]):
+        problem = record_problem(record)
+        if problem:
+            test = f" ({record['test']})" if isinstance(record, dict) and isinstance(record.get("test"), str) else ""
+            raise ValueError(f"{path}: record {index}{test}: {problem}")
     return data

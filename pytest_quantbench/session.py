@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decoding import Decoding, parse_decoding
-from .models import ModelCache, ModelSpec, resolve_model
+from .models import ModelCache, ModelSpec, resolve_models
 from .precisions import Precision, parse_precision
 from .results import Record
 from .settings import Settings, read_settings, split_list
@@ -79,11 +79,7 @@ class QuantbenchSession:
     def cases(self, models=None, precisions=None, decodings=None, modes=None) -> list[Case]:
         """The session's matrix, narrowed to the names a test's marker allows (None: no narrowing)."""
         settings = self.settings
-        specs = [resolve_model(m) for m in settings.models]
-        names = [s.name for s in specs]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            raise ValueError(f"two models share the test-id name(s) {sorted(duplicates)}: name them with NAME=SOURCE")
+        specs = resolve_models(list(settings.models))
 
         def narrow(selected, allowed):
             if allowed is None:

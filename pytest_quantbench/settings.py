@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,23 +159,56 @@ def resolve_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _positive_int(name: str, value: str) -> int:
+# The smallest value each integer option takes, and why where it is not obvious; below it is a usage error.
+INT_MINIMUMS = {
+    "qb_max_new_tokens": (2, "decode ms/token is timed over the tokens after the first"),
+    "qb_limit": (0, "0 means all items"),
+    "qb_warmup": (0, ""),
+    "qb_repeats": (1, ""),
+    "qb_max_repeats": (1, ""),
+    "qb_gpus_per_worker": (1, ""),
+    "qb_ppl_context": (1, ""),
+    "qb_ppl_stride": (1, ""),
+    "qb_calibration_samples": (1, ""),
+    "qb_calibration_seq_len": (8, ""),
+}
+FLOAT_OPTIONS = ("qb_target_cv", "qb_max_time")  # non-negative and finite, like every threshold
+# Thresholds that are percentages (points) cannot exceed 100.
+PERCENT_THRESHOLDS = ("max_accuracy_drop", "min_top1_agreement")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _int_at_least(name: str, value, minimum: int = 0, why: str = "") -> int:
     try:
-        number = int(value)
+        number = int(str(value).strip())
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}{f' ({why})' if why else ''}, got {number}")
     return number
+
+
+def _int_option(get, key: str) -> int | None:
+    """An integer option checked against its minimum in INT_MINIMUMS; None when unset."""
+    value = get(key)
+    if value is None:  # an empty ini line means the default
+        value = next(default for _, ini, _, default in OPTIONS if ini == key)
+    return None if value is None else _int_at_least(_flag(key), value, *INT_MINIMUMS[key])
 
 
 def _float_or_none(name: str, value: str | None) -> float | None:
     if value in (None, ""):
         return None
     try:
-        return float(value)
-    except ValueError:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:  # a NaN limit compares False and would switch its check off
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def _getter(config):
@@ -201,8 +235,15 @@ def parse_drop_test(value) -> str | None:
     return name
 
 
-def _threshold_value(name: str, value):
-    return parse_drop_test(value) if name == "drop_test" else _float_or_none(name, value)
+def _threshold_value(name: str, value, label: str | None = None):
+    """A threshold from a marker keyword (`name`) or an option (`label`): a finite number >= 0, at most 100 for
+    the ones in percentage points; ValueError naming it otherwise."""
+    if name == "drop_test":
+        return parse_drop_test(value)
+    number = _float_or_none(label or name, value)
+    if number is not None and name in PERCENT_THRESHOLDS and number > 100:
+        raise ValueError(f"{label or name} is in percentage points (0-100), got {value!r}")
+    return number
 
 
 def check_modes(modes: list[str]) -> list[str]:
@@ -215,12 +256,68 @@ def check_modes(modes: list[str]) -> list[str]:
     return modes
 
 
-def check_names(config) -> None:
-    """Validate precision and decoding names early (no torch import): raises ValueError listing valid names."""
+def _thresholds(get) -> Thresholds:
+    names = (f.name for f in dataclasses.fields(Thresholds))
+    return Thresholds(**{key: _threshold_value(key, get(f"qb_{key}"), _flag(f"qb_{key}")) for key in names})
+
+
+def _marker_names(key: str, value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}= takes a name or a list of names, got {value!r}")
+    return split_list(list(value))
+
+
+def check_marker(kwargs: dict, narrowing: tuple[str, ...]) -> None:
+    """A quantbench marker's keywords: names (models, precisions, decodings, modes, baseline) and thresholds;
+    ValueError naming the bad one. Checked at collection, so a typo costs no model load."""
     from .decoding import parse_decoding
     from .precisions import parse_precision
 
+    thresholds = [f.name for f in dataclasses.fields(Thresholds)]
+    valid = [*narrowing, "baseline", *thresholds]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown keyword(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    names = {key: _marker_names(key, kwargs.get(key)) for key in narrowing}
+    baseline = kwargs.get("baseline")
+    if baseline is not None and not isinstance(baseline, str):
+        raise ValueError(f"baseline= takes one precision name, got {baseline!r}")
+    for name in names["precisions"] + ([baseline] if baseline else []):
+        parse_precision(name)
+    for name in names["decodings"]:
+        parse_decoding(name)
+    check_modes(names["modes"])
+    Thresholds().updated(**{k: v for k, v in kwargs.items() if k in thresholds})
+
+
+def check_names(config) -> None:
+    """Validate every option early (no torch import): names, numbers and their ranges, models, the baseline file;
+    raises ValueError naming the option and what it accepts."""
+    from .decoding import parse_decoding
+    from .models import resolve_models
+    from .precisions import parse_precision
+
     get = _getter(config)
+    for key in INT_MINIMUMS:
+        _int_option(get, key)
+    for key in FLOAT_OPTIONS:
+        _float_or_none(_flag(key), get(key))
+    context, stride = _int_option(get, "qb_ppl_context"), _int_option(get, "qb_ppl_stride")
+    if context and stride and stride > context:
+        raise ValueError(f"--qb-ppl-stride {stride} is longer than --qb-ppl-context {context}: a window scores "
+                         "`stride` new tokens within its context")
+    _thresholds(get)
+    data_dir = get("qb_data_dir")
+    if data_dir and not Path(os.path.expanduser(data_dir)).is_dir():
+        raise ValueError(f"--qb-data-dir {data_dir!r} is not a directory")
+    models = get("qb_model")
+    if isinstance(models, list) and not all(m.strip() for m in models):  # `--qb-model "$UNSET"` beside others
+        models = []
+    resolve_models(split_models(models))
     for name in split_list(get("qb_precision")) + split_list(get("qb_baseline_precision")):
         parse_precision(name)
     for name in split_list(get("qb_decoding")):
@@ -253,35 +350,32 @@ def read_settings(config) -> Settings:
         parse_decoding(name)
     baseline = get("qb_baseline_precision") or DEFAULT_BASELINE[device]
     parse_precision(baseline)
-    limit = get("qb_limit")
     data_dir = get("qb_data_dir")
-    thresholds = Thresholds(
-        **{key: _threshold_value(key, get(f"qb_{key}")) for key in (f.name for f in dataclasses.fields(Thresholds))}
-    )
+    thresholds = _thresholds(get)
     return Settings(
         models=tuple(split_models(get("qb_model"))),
         precisions=tuple(dict.fromkeys(precisions)),
         decodings=tuple(dict.fromkeys(decodings)),
         device=device,
-        max_new_tokens=max(2, _positive_int("--qb-max-new-tokens", get("qb_max_new_tokens"))),
-        limit=_positive_int("--qb-limit", limit) if limit is not None else None,
+        max_new_tokens=_int_option(get, "qb_max_new_tokens"),
+        limit=_int_option(get, "qb_limit"),
         data_dir=Path(os.path.expanduser(data_dir)) if data_dir else None,
         report_dir=Path(get("qb_report_dir")),
-        warmup=_positive_int("--qb-warmup", get("qb_warmup")),
-        repeats=max(1, _positive_int("--qb-repeats", get("qb_repeats"))),
+        warmup=_int_option(get, "qb_warmup"),
+        repeats=_int_option(get, "qb_repeats"),
         baseline_precision=baseline,
         thresholds=thresholds,
         baseline_file=Path(get("qb_baseline")) if get("qb_baseline") else None,
         save_baseline_file=Path(get("qb_save_baseline")) if get("qb_save_baseline") else None,
         fail_on=parse_tolerances(get("qb_fail_on") or ""),
         force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
-        gpus_per_worker=max(1, _positive_int("--qb-gpus-per-worker", get("qb_gpus_per_worker"))),
-        ppl_context=_positive_int("--qb-ppl-context", get("qb_ppl_context")) or None if get("qb_ppl_context") else None,
-        ppl_stride=_positive_int("--qb-ppl-stride", get("qb_ppl_stride")) or None if get("qb_ppl_stride") else None,
-        max_repeats=max(1, _positive_int("--qb-max-repeats", get("qb_max_repeats"))),
+        gpus_per_worker=_int_option(get, "qb_gpus_per_worker"),
+        ppl_context=_int_option(get, "qb_ppl_context"),
+        ppl_stride=_int_option(get, "qb_ppl_stride"),
+        max_repeats=_int_option(get, "qb_max_repeats"),
         modes=tuple(dict.fromkeys(check_modes(split_list(get("qb_mode") or "eager")))),
         target_cv=_float_or_none("--qb-target-cv", get("qb_target_cv")) or 0.0,
         max_time_s=_float_or_none("--qb-max-time", get("qb_max_time")) or 0.0,
-        calibration_samples=max(1, _positive_int("--qb-calibration-samples", get("qb_calibration_samples"))),
-        calibration_seq_len=max(8, _positive_int("--qb-calibration-seq-len", get("qb_calibration_seq_len"))),
+        calibration_samples=_int_option(get, "qb_calibration_samples"),
+        calibration_seq_len=_int_option(get, "qb_calibration_seq_len"),
     )

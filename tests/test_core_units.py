@@ -261,9 +261,11 @@ def test_markdown_report():
 
 def test_resolve_model(tmp_path):
     assert resolve_model("smollm2-135m").kind == "alias"
+    (tmp_path / "config.json").write_text("{}")
     named = resolve_model(f"mine={tmp_path}")
     assert (named.name, named.kind) == ("mine", "dir")
-    assert resolve_model("/x/Model-Q4.gguf").name == "model-q4"
+    (tmp_path / "Model-Q4.gguf").write_bytes(b"GGUF")
+    assert resolve_model(str(tmp_path / "Model-Q4.gguf")).name == "model-q4"
     hub = resolve_model("Org/Some-Model")
     assert (hub.name, hub.kind, hub.source) == ("some-model", "hub", "Org/Some-Model")
     with pytest.raises(ModelLoadError, match="does not exist"):

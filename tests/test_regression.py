@@ -8,7 +8,7 @@ import pytest
 
 from pytest_quantbench.cli import main
 from pytest_quantbench.regression import Tolerance, compare, parse_tolerances
-from pytest_quantbench.results import Record
+from pytest_quantbench.results import Record, load_report
 
 
 def test_parse_tolerances():
@@ -198,7 +198,10 @@ def test_cli_on_the_committed_cpu_report(tmp_path, capsys):
     assert "## Recommendations" in (tmp_path / "quantbench.md").read_text()
     assert main(["compare", str(report), str(report)]) == 0
     assert "0 regressions" in capsys.readouterr().out
-    assert main(["merge", str(report), str(report), "--out", str(tmp_path / "m")]) == 0
+    copy = tmp_path / "copy.json"  # the same report under another name: its records once
+    copy.write_text(report.read_text())
+    assert main(["merge", str(report), str(copy), "--out", str(tmp_path / "m")]) == 0
+    assert len(load_report(tmp_path / "m" / "quantbench.json")["records"]) == len(load_report(report)["records"])
 
 
 ACCURACY_TEST = """

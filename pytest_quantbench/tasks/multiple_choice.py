@@ -87,6 +87,8 @@ def load_mmlu(data_dir: Path | None, split: str) -> list[dict]:
             subject = file.name.removesuffix(f"_{split}.csv")
             rows += [({**row, "subject": subject}, where)
                      for row, where in read_csv(file, ["question", "A", "B", "C", "D", "answer"])]
+        if not rows:
+            raise DatasetError(f"{folder}: every *_{split}.csv file is empty")
     else:
         rows = hub_rows("cais/mmlu", "all", split, _how_to_provide(
             f"mmlu/mmlu_{split}.jsonl (or mmlu/data/{split}/<subject>_{split}.csv)"))
@@ -116,7 +118,8 @@ def arc_doc(row: dict, where: str) -> dict:
     if not isinstance(question, str) or not question.strip():
         raise DatasetError(f"{where}: missing or empty question")
     if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) or \
-            len(choices["text"]) != len(choices.get("label") or []) or len(choices["text"]) < 2:
+            not isinstance(choices.get("label"), list) or len(choices["text"]) != len(choices["label"]) or \
+            len(choices["text"]) < 2:
         raise DatasetError(f"{where}: expected choices with matching 'text' and 'label' lists (at least 2)")
     texts, labels = list(choices["text"]), [str(label) for label in choices["label"]]
     if not all(isinstance(t, str) for t in texts):

@@ -11,35 +11,47 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..hub import hub_reachable
 from . import DataUnavailable
 from .generation import DatasetError
 
 Row = tuple[dict, str]  # a row and where it came from ("file:line"), for error messages
 
 
+def _lines(path: Path):
+    """A UTF-8 text file's lines, ends kept (a leading byte-order mark dropped); DatasetError naming the first line
+    that is not UTF-8."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DatasetError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start + 1} "
+                                   "of the line)") from None
+
+
 def read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            rows.append((row, where))
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        rows.append((row, where))
     return rows
 
 
 def read_csv(path: Path, columns: list[str] | None = None) -> list[Row]:
     """Rows as dicts: keyed by `columns` for a headerless file (MMLU's original CSVs), else by the header row."""
     rows = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header, line = columns, 1
+    reader = csv.reader(_lines(path))
+    header, line = columns, 1
+    try:
         for record in reader:
             where, line = f"{path}:{line}", reader.line_num + 1  # a record starts after the previous one ends
             if header is None:
@@ -48,25 +60,31 @@ def read_csv(path: Path, columns: list[str] | None = None) -> list[Row]:
             if len(record) != len(header):
                 raise DatasetError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(record)}")
             rows.append((dict(zip(header, record)), where))
+    except csv.Error as error:  # e.g. a field over the csv module's size limit
+        raise DatasetError(f"{path}:{line}: not valid CSV ({error})") from None
     return rows
 
 
 def read_parquet(path: Path) -> list[Row]:
     from datasets import load_dataset
 
-    table = load_dataset("parquet", data_files=str(path), split="train")
+    try:
+        table = load_dataset("parquet", data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001  (pyarrow and datasets raise many kinds for a broken file)
+        raise DatasetError(f"{path}: not a readable parquet file ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
     return [(dict(row), f"{path}:row {i + 1}") for i, row in enumerate(table)]
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> list[Row]:
     """A .jsonl, .csv or .parquet file as rows; a .csv without a header needs `columns`."""
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".csv":
-        return read_csv(path, columns)
-    if path.suffix == ".parquet":
-        return read_parquet(path)
-    raise DatasetError(f"{path}: unsupported file type (use .jsonl, .csv or .parquet)")
+    readers = {".jsonl": read_jsonl, ".csv": lambda p: read_csv(p, columns), ".parquet": read_parquet}
+    if path.suffix not in readers:
+        raise DatasetError(f"{path}: unsupported file type (use .jsonl, .csv or .parquet)")
+    rows = readers[path.suffix](path)
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
 
 
 def first_existing(data_dir: Path | None, candidates: Iterable[str]) -> Path | None:
@@ -77,20 +95,6 @@ def first_existing(data_dir: Path | None, candidates: Iterable[str]) -> Path | N
         if (Path(data_dir) / candidate).is_file():
             return Path(data_dir) / candidate
     return None
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the hub's host answers at all (`datasets` retries for about 40 s before giving up otherwise)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
 
 
 def hub_rows(path: str, name: str | None, split: str, how_to_provide: str) -> list[Row]:

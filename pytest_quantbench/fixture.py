@@ -138,7 +138,7 @@ class QuantBenchmark:
         self.task_metrics[task.name] = result.metrics
         self.record.task_details[task.name] = {"n": result.n, "metrics": result.metrics,
                                                "by_category_pct": {k: v * 100 for k, v in result.by_category.items()},
-                                               "examples": result.examples}
+                                               "examples": result.examples, **result.details}
         gate = self.thresholds.max_accuracy_drop if result.accuracy is not None else \
             self.thresholds.max_perplexity_increase
         if gate is not None and self.case.precision.name != self.baseline_precision:

@@ -5,7 +5,10 @@ test_sandbox_battery.py."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -228,6 +231,21 @@ def test_missing_bwrap_says_how_to_install_it(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="apt-get install bubblewrap.*--qb-sandbox guard"):
         get_boundary("bwrap", FAST)
     assert "bubblewrap (bwrap) is not installed" in unavailable("bwrap")
+
+
+def test_a_bwrap_that_cannot_run_says_why(monkeypatch):
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))  # not under pytest's private tmp: uid 65534 must reach it
+    directory.chmod(0o755)
+    fake = directory / "bwrap"  # what bwrap prints where user namespaces are off
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}:/usr/bin:/bin")
+    try:
+        why = unavailable("bwrap")
+    finally:
+        shutil.rmtree(directory)
+    assert why.startswith("bubblewrap is installed but does not run here (bwrap: No permissions")
+    assert "--qb-sandbox guard" in why
 
 
 @needs_bwrap

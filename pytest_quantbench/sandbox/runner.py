@@ -117,5 +117,8 @@ def _probe(boundary: str, bwrap: str | None) -> str | None:
         return str(error)
     if result.passed:
         return None
-    detail = result.output.strip().splitlines()[-1:] or [result.reason]
-    return f"the {boundary} sandbox does not work here ({detail[0][:300]}): {boundaries.INSTALL_HINT}"
+    detail = (result.output.strip().splitlines()[-1:] or [result.reason])[0][:300]
+    if boundary == "bwrap":
+        return (f"bubblewrap is installed but does not run here ({detail}): it needs user namespaces (Debian: "
+                "sysctl kernel.unprivileged_userns_clone=1); or pass --qb-sandbox guard for the weaker in-process guard")
+    return f"the {boundary} sandbox does not work here ({detail})"

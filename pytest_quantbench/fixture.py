@@ -138,7 +138,7 @@ class QuantBenchmark:
         self.task_metrics[task.name] = result.metrics
         self.record.task_details[task.name] = {"n": result.n, "metrics": result.metrics,
                                                "by_category_pct": {k: v * 100 for k, v in result.by_category.items()},
-                                               "examples": result.examples}
+                                               "examples": result.examples, **result.details}
         if result.correct:  # per item, so that a later run's regression gate compares the same items paired
             self.record.task_details[task.name]["outcomes"] = "".join("1" if c else "0" for c in result.correct)
             if result.scores:

@@ -139,10 +139,11 @@ class QuantbenchSession:
         return self._summaries.get(key, persistent, compute)
 
     def task_options(self, task) -> dict:
-        """The settings a task's `evaluate` asks for by name (data_dir, context_length, stride)."""
+        """The settings a task's `evaluate` asks for by name (data_dir, context_length, stride, sandbox)."""
         import inspect
 
         settings = self.settings
-        offered = {"data_dir": settings.data_dir, "context_length": settings.ppl_context, "stride": settings.ppl_stride}
+        offered = {"data_dir": settings.data_dir, "context_length": settings.ppl_context, "stride": settings.ppl_stride,
+                   "sandbox": settings.sandbox}
         accepted = inspect.signature(task.evaluate).parameters
         return {name: value for name, value in offered.items() if name in accepted}

@@ -66,6 +66,8 @@ OPTIONS = [
     ("--qb-calibration-samples", "qb_calibration_samples", ("GPTQ/AWQ calibration samples (windows of the built-in "
      "calibration text, or of wikitext2/wikitext-2-raw/wiki.train.raw in --qb-data-dir)"), "16"),
     ("--qb-calibration-seq-len", "qb_calibration_seq_len", "tokens per GPTQ/AWQ calibration sample", "128"),
+    ("--qb-sandbox", "qb_sandbox", ("where HumanEval's generated code runs: bwrap (bubblewrap namespaces; code tasks "
+     "skip where it is missing) or guard (the weaker in-process guard, not a security boundary)"), "bwrap"),
 ]
 
 
@@ -131,6 +133,7 @@ class Settings:
     max_time_s: float = 10.0
     calibration_samples: int = 16  # GPTQ/AWQ (quantize.py)
     calibration_seq_len: int = 128
+    sandbox: str = "bwrap"  # the code tasks' boundary: bwrap or guard
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -235,6 +238,16 @@ def parse_drop_test(value) -> str | None:
     return name
 
 
+def parse_sandbox(value) -> str:
+    """'bwrap' (the default) or 'guard'."""
+    from .sandbox import BOUNDARIES
+
+    name = str(value or "bwrap").strip().lower()
+    if name not in BOUNDARIES:
+        raise ValueError(f"unknown sandbox {value!r}; valid: {', '.join(BOUNDARIES)}")
+    return name
+
+
 def _threshold_value(name: str, value, label: str | None = None):
     """A threshold from a marker keyword (`name`) or an option (`label`): a finite number >= 0, at most 100 for
     the ones in percentage points; ValueError naming it otherwise."""
@@ -324,6 +337,7 @@ def check_names(config) -> None:
         parse_decoding(name)
     check_modes(split_list(get("qb_mode") or "eager"))
     parse_drop_test(get("qb_drop_test"))
+    parse_sandbox(get("qb_sandbox"))
     from .regression import load_baseline, parse_tolerances
 
     parse_tolerances(get("qb_fail_on") or "")
@@ -378,4 +392,5 @@ def read_settings(config) -> Settings:
         max_time_s=_float_or_none("--qb-max-time", get("qb_max_time")) or 0.0,
         calibration_samples=_int_option(get, "qb_calibration_samples"),
         calibration_seq_len=_int_option(get, "qb_calibration_seq_len"),
+        sandbox=parse_sandbox(get("qb_sandbox")),
     )

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from pytest_quantbench.decoding import parse_decoding
-from pytest_quantbench.sandbox import Limits, run_many
+from pytest_quantbench.sandbox import Limits, run_many, unavailable
 from pytest_quantbench.stats import pass_at_k
 from pytest_quantbench.tasks import get_task
-from pytest_quantbench.tasks.code import CodeTask, build_prompt, completion, load_problems, program, take
+from pytest_quantbench.tasks.code import (
+    CodeTask,
+    SandboxUnavailable,
+    build_prompt,
+    completion,
+    load_problems,
+    sample,
+    take,
+)
 
 PROBLEMS = {p["task_id"]: p for p in load_problems()}
+SANDBOX = "guard" if unavailable("bwrap") else "bwrap"  # the judging is the same harness either way
 
 
 class FakeCoder:
@@ -78,7 +88,7 @@ def test_completion_from_a_code_block_with_the_whole_function_replaces_the_stub(
                 "    return number - int(number)\n```\nThis works because...")
     body = completion(problem, response)
     assert body == "\ndef truncate_number(number: float) -> float:\n    return number - int(number)\n"
-    assert run_many([program(problem, body)])[0].passed
+    assert run_many([sample(problem, body)], boundary="guard")[0].passed
 
 
 def test_completion_from_a_code_block_with_only_a_body():
@@ -92,8 +102,9 @@ def test_greedy_scores_pass_at_1(three_problems):
         "HumanEval/2": ["    return 0.0\n"],  # wrong
         "HumanEval/4": [canonical("HumanEval/4") + "\n\ndef unrelated():\n    return 1/0\n"],  # cut at \ndef
     })
-    result = three_problems.evaluate(model, parse_decoding("greedy"), None, 64)
+    result = three_problems.evaluate(model, parse_decoding("greedy"), None, 64, sandbox=SANDBOX)
     assert result.correct == [True, False, True]
+    assert result.details["sandbox"].startswith(SANDBOX)
     assert result.accuracy == pytest.approx(2 / 3)
     assert result.metrics["pass@1"] == pytest.approx(2 / 3)
     assert "pass@10" not in result.metrics  # one response per problem
@@ -109,7 +120,7 @@ def test_sampling_scores_unbiased_pass_at_k(three_problems):
         "HumanEval/2": [wrong] * 20,
         "HumanEval/4": [canonical("HumanEval/4")] * 20,
     })
-    result = three_problems.evaluate(model, parse_decoding("sample"), None, 64)
+    result = three_problems.evaluate(model, parse_decoding("sample"), None, 64, sandbox=SANDBOX)
     assert result.scores == [0.25, 0.0, 1.0]
     assert result.metrics["pass@1"] == pytest.approx((0.25 + 0 + 1) / 3)
     expected_10 = (pass_at_k(20, 5, 10) + 0 + 1) / 3
@@ -126,7 +137,7 @@ def test_chat_model_answers_in_a_code_block(three_problems):
 
     model = FakeCoder({"HumanEval/0": [block("HumanEval/0")], "HumanEval/2": [block("HumanEval/2")],
                        "HumanEval/4": ["I cannot help with that."]}, chat=True)
-    result = three_problems.evaluate(model, parse_decoding("greedy"), None, 64)
+    result = three_problems.evaluate(model, parse_decoding("greedy"), None, 64, sandbox=SANDBOX)
     assert model.calls[0]["stop"] == ["\n```\n"]
     assert result.correct == [True, True, False]
 
@@ -140,17 +151,59 @@ def test_hostile_completion_is_a_failed_sample_and_the_run_goes_on(three_problem
         "HumanEval/4": [canonical("HumanEval/4")],
     })
     task = CodeTask(path=three_problems.path, limits=Limits(timeout_s=2.0))
-    result = task.evaluate(model, parse_decoding("greedy"), None, 64)
+    result = task.evaluate(model, parse_decoding("greedy"), None, 64, sandbox=SANDBOX)
     assert result.correct == [False, False, True]
     assert sentinel.exists()
     assert result.metrics["timeout_rate"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.slow
-def test_every_canonical_solution_passes_and_an_empty_body_fails():
+@pytest.mark.skipif(bool(unavailable("bwrap")), reason=str(unavailable("bwrap")))
+def test_every_canonical_solution_passes_and_wrong_ones_fail():
+    # The tests run outside the sandbox against a proxy of the program: all 164 problems must go through it.
     problems = load_problems()
-    results = run_many([program(p, p["canonical_solution"]) for p in problems])
+    results = run_many([sample(p, p["canonical_solution"]) for p in problems])
     failed = [(p["task_id"], r.reason) for p, r in zip(problems, results) if not r.passed]
     assert failed == []
-    stubs = run_many([program(p, "    pass\n") for p in take(problems, 16)])
-    assert not any(r.passed for r in stubs)
+    stubs = run_many([sample(p, "    pass\n") for p in problems])
+    assert [p["task_id"] for p, r in zip(problems, stubs) if r.passed] == []
+    assert all(r.status == "failed" for r in stubs)
+
+
+def test_a_missing_sandbox_skips_before_generating(three_problems, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
+    model = FakeCoder({})
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        three_problems.evaluate(model, parse_decoding("greedy"), None, 64)
+    assert model.calls == []
+    result = three_problems.evaluate(FakeCoder({f"HumanEval/{i}": [canonical(f"HumanEval/{i}")] for i in (0, 2, 4)}),
+                                     parse_decoding("greedy"), None, 64, sandbox="guard")
+    assert result.correct == [True, True, True]
+    assert result.details["sandbox"].startswith("guard: in-process audit hook")
+
+
+CODE_TEST = """
+def test_code(quantbench):
+    quantbench.evaluate("humaneval", limit=1)
+"""
+
+
+def test_sessions_skip_without_bwrap_and_record_the_boundary(pytester, tiny_model_dir, monkeypatch, tmp_path):
+    pytester.makepyfile(CODE_TEST)
+    args = (f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=fp32", "--qb-decoding=greedy", "-rs",
+            "-p", "no:cacheprovider")
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without bubblewrap
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([("*SKIPPED*humaneval: bubblewrap (bwrap) is not installed: install bubblewrap "
+                                  "(Debian/Ubuntu: apt-get install bubblewrap*--qb-sandbox guard*")])
+    result = pytester.runpytest(*args, "--qb-sandbox=guard")
+    result.assert_outcomes(passed=1)
+    record = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"][0]
+    assert record["task_details"]["humaneval"]["sandbox"].startswith("guard: in-process audit hook")
+    monkeypatch.setenv("PATH", path)
+    if not unavailable("bwrap"):
+        pytester.runpytest(*args).assert_outcomes(passed=1)
+        record = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"][0]
+        assert record["task_details"]["humaneval"]["sandbox"].startswith("bwrap ")
+    assert pytester.runpytest(*args, "--qb-sandbox=docker").ret != 0

@@ -43,6 +43,7 @@ class TaskResult:
     examples: list[dict] = field(default_factory=list)  # a few prompts and responses for the report
     main_metric: str = "accuracy"  # what the task is judged by; a key of `metrics` when accuracy is None
     scores: list[float] = field(default_factory=list)  # per item in [0, 1] where not just right or wrong (pass@1)
+    details: dict = field(default_factory=dict)  # other facts for the record's task details (the sandbox that ran)
 
 
 class DataUnavailable(Exception):

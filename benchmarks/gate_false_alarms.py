@@ -3,7 +3,7 @@
 Each pair is two back-to-back sessions of the same speed test: the first saves a baseline, the second is gated
 against it with the default tolerances (`--qb-fail-on` unset). A pair whose second session fails is a false alarm.
 Then each slowed run is the same session gated against the first pair's (quiet) baseline while other work competes
-for the machine: `--burn cpu` starts two processes that spin on the CPU, `--burn gpu` one that keeps the GPU busy with
+for the machine: `--burn cpu` starts one process per core that spins on the CPU, `--burn gpu` one that keeps the GPU busy with
 large matrix products. A slowed run that passes is a missed regression.
 
     python benchmarks/gate_false_alarms.py --pairs 10 --slowed 3 --out docs/results/cpu/regression-gate
@@ -49,7 +49,7 @@ def session(pytest_args: list[str], report_dir: Path, *extra: str) -> dict:
 
 
 def burners(kind: str) -> list[subprocess.Popen]:
-    code, count = (CPU_BURN, 2) if kind == "cpu" else (GPU_BURN, 1)
+    code, count = (CPU_BURN, os.cpu_count() or 2) if kind == "cpu" else (GPU_BURN, 1)
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
     time.sleep(5 if kind == "gpu" else 1)  # the GPU burner allocates and starts before the session does
     return procs

@@ -68,7 +68,7 @@ from pytest_quantbench.synthetic import materialize_synthetic; print(materialize
     wait ;;
   gate)  # the regression gate: PAIRS same-commit pairs of sessions (false alarms), SLOWED runs beside a GPU burner
     # shellcheck disable=SC2086
-    python3 benchmarks/gate_false_alarms.py --pairs "${PAIRS:-4}" --slowed "${SLOWED:-2}" --burn gpu --out "$out/$stage" \
+    python3 benchmarks/gate_false_alarms.py --pairs "${PAIRS:-4}" --slowed "${SLOWED:-2}" --burn "${BURN:-gpu}" --out "$out/$stage" \
       -- benchmarks/test_speed.py "${plugin[@]}" --qb-device cuda --qb-model "${MODEL:-synthetic:smollm2-135m}" \
       --qb-precision "${PRECISIONS:-bf16,nf4}" --qb-decoding greedy --qb-mode "${MODES:-eager}" ${EXTRA:-} ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -10,6 +10,8 @@ import time
 
 from typing_extensions import Self
 
+from .memory import heap_in_use_mb, return_freed_memory
+
 MB = 1024 * 1024
 
 
@@ -53,7 +55,11 @@ def process_rss_mb() -> float:
 class MemoryTracker:
     """Peak memory of a block.
 
-    CPU: process RSS sampled every `interval` seconds (start, end, peak).
+    CPU: starting after garbage is collected and the C heap's free pages are returned, the C heap's bytes in use
+    (`heap_start_mb`, `heap_peak_mb`) and the process RSS (start, end, peak), sampled every `interval` seconds.
+    `peak_mem_mb` is the heap's peak, the allocator's own count as CUDA's is: what the process had allocated (model
+    weights, activations, KV cache, the libraries' buffers), not the freed memory glibc keeps resident, which depends
+    on what ran before. Without glibc's counters it is the RSS peak (`peak_mem_source` says which).
     CUDA: the torch allocator's peak allocated/reserved bytes, plus device-level used memory (what nvidia-smi shows,
     from cudaMemGetInfo) at start, end and its sampled peak; summed over the visible GPUs, and per GPU
     (`..._gpu<i>`) when there are several (a model spread with device_map="auto").
@@ -78,7 +84,7 @@ class MemoryTracker:
                 free, total = torch.cuda.mem_get_info(index)
                 used.append((total - free) / MB)
             return used
-        return [process_rss_mb()]
+        return [process_rss_mb(), heap_in_use_mb() or 0.0]
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
@@ -92,6 +98,8 @@ class MemoryTracker:
                 torch.cuda.synchronize(index)
                 torch.cuda.reset_peak_memory_stats(index)
             self._allocated_start = sum(torch.cuda.memory_allocated(i) for i in range(self.gpus)) / MB
+        else:
+            return_freed_memory()
         self._start = self._peak = self._sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -103,9 +111,12 @@ class MemoryTracker:
         self._thread.join()
         if not self.cuda:
             end = self._sample()
-            peak = max(self._peak[0], end[0])
-            self.metrics = {"rss_start_mb": self._start[0], "rss_end_mb": end[0], "rss_peak_mb": peak,
-                            "peak_mem_mb": peak}
+            (rss_start, heap_start), (rss_peak, heap_peak) = self._start, [max(a, b) for a, b in zip(self._peak, end)]
+            self.metrics = {"rss_start_mb": rss_start, "rss_end_mb": end[0], "rss_peak_mb": rss_peak,
+                            "peak_mem_mb": rss_peak, "peak_mem_source": "rss"}
+            if heap_start:
+                self.metrics.update(heap_start_mb=heap_start, heap_peak_mb=heap_peak, peak_mem_mb=heap_peak,
+                                    peak_mem_source="heap")
             return
         import torch
 

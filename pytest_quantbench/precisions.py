@@ -6,10 +6,11 @@ entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits
 gptq@4bit,g64,marlin), and `+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order;
 nf4+vision: an image-text model's vision tower quantized too, which families.py otherwise keeps in higher precision).
 
-An entry loads in up to three steps, each optional:
+An entry loads in up to five steps, each optional:
   prepare(precision, source_dir, device) -> a directory to load instead (e.g. GPTQ quantized once and cached on disk)
   build(precision, device) -> from_pretrained keyword arguments (dtype, quantization_config)
   placement(precision, checkpoint, device) -> device_map and max_memory read off the checkpoint (offload)
+  keep_layers(precision, device, kwargs, skeleton) -> layers a kernel here cannot take, left out of quantization
   after_load(precision, model, device) -> the model quantized in place after loading (e.g. HQQ)
 """
 
@@ -42,6 +43,9 @@ class Precision:
     prepare: Callable[[Precision, Path, str], Path] | None = None
     placement: Callable[[Precision, Path, str], dict] | None = None  # device_map/max_memory from the checkpoint
     after_load: Callable[[Precision, Any, str], Any] | None = None
+    # (precision, device, from_pretrained kwargs, skeleton: () -> the model on the meta device) -> (layer names kept
+    # out of quantization, why); it adds them to the kwargs' quantization config
+    keep_layers: Callable[[Precision, str, dict, Callable[[], Any]], tuple[list[str], str]] | None = None
     compiles: bool = True  # False where the kernels break torch.compile graphs or CUDA graphs (compiled mode)
 
     def option(self, key: str, default: Any = None) -> Any:
@@ -132,6 +136,61 @@ def _bnb_4bit(quant_type: str) -> Callable[[Precision, str], dict]:
         return {"quantization_config": config, "dtype": torch_dtype(compute)}
 
     return build
+
+
+# bitsandbytes' 4-bit layers on a CPU with AVX-512 BF16 repack their weight at the first inference call
+# (`_convert_weight_packed_for_cpu`): rows in blocks of 32, one bf16 scale per 64 inputs. A layer whose output width
+# is not a multiple of 32, or whose input width is not a multiple of the quantization block (64, Params4bit's
+# default), fails there ("shape '[32, 0]' is invalid" for a 32 x 32 layer). Other CPUs dequantize any shape.
+BNB_CPU_ROW_BLOCK = 32
+BNB_4BIT_BLOCKSIZE = 64
+BNB_CPU_4BIT_REASON = (f"bitsandbytes' AVX-512 CPU 4-bit kernel takes only layers with output width a multiple of "
+                       f"{BNB_CPU_ROW_BLOCK} and input width a multiple of {BNB_4BIT_BLOCKSIZE}; kept in the compute "
+                       "dtype on every CPU, so results compare across CPUs")
+
+
+def bnb_cpu_4bit_fits(in_features: int, out_features: int) -> bool:
+    """Whether bitsandbytes' AVX-512 CPU 4-bit kernel can take a linear layer of this shape."""
+    return out_features % BNB_CPU_ROW_BLOCK == 0 and in_features % BNB_4BIT_BLOCKSIZE == 0
+
+
+def bnb_cpu_4bit_unfit(model, skipped: list[str] | None) -> list[str]:
+    """The linear layers of `model` (a meta-device skeleton will do) that transformers would replace with 4-bit ones,
+    given the skip patterns `skipped`, and whose shape that kernel cannot take."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    unfit = []
+    for name, module in model.named_modules():
+        if type(module) is torch.nn.Linear:
+            shape = module.in_features, module.out_features
+        elif isinstance(module, Conv1D):  # GPT-2's transposed linear
+            shape = tuple(module.weight.shape)
+        else:
+            continue
+        if should_convert_module(name, skipped) and not bnb_cpu_4bit_fits(*shape):
+            unfit.append(name)
+    return unfit
+
+
+def _bnb_4bit_keep(precision: Precision, device: str, kwargs: dict, skeleton) -> tuple[list[str], str]:
+    """On the CPU: the layers the AVX-512 kernel cannot take join the quantization config's skip list (matched
+    exactly; an unset list first gets transformers' defaults, which an explicit list replaces)."""
+    if device != "cpu":
+        return [], ""
+    import re
+
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = kwargs["quantization_config"]
+    model = skeleton()
+    skipped = list(config.llm_int8_skip_modules if config.llm_int8_skip_modules is not None
+                   else get_keys_to_not_convert(model))
+    unfit = bnb_cpu_4bit_unfit(model, [*skipped, *(getattr(model, "_keep_in_fp32_modules", None) or ())])
+    if unfit:
+        config.llm_int8_skip_modules = [*skipped, *(re.escape(name) + "$" for name in unfit)]
+    return unfit, BNB_CPU_4BIT_REASON
 
 
 def _torchao(kind: str) -> Callable[[Precision, str], dict]:
@@ -308,7 +367,7 @@ register(Precision("int8", "bitsandbytes", "LLM.int8(): 8-bit weights with fp16 
 for _quant in ("nf4", "fp4"):
     register(Precision(_quant, "bitsandbytes", f"4-bit {_quant.upper()} weights (QLoRA-style), dequantized per matmul",
                        _bnb_4bit(_quant), requires=("bitsandbytes",), parse_arg=_parse_compute_dtype,
-                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision")))
+                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision"), keep_layers=_bnb_4bit_keep))
 _DTYPE_ARG = {"parse_arg": _parse_compute_dtype, "arg_help": "[@fp32|@fp16|@bf16]"}
 register(Precision("int8wo", "torchao", "int8 weight-only (per-channel scales), activations in the compute dtype",
                    _torchao("int8wo"), requires=("torchao",), **_DTYPE_ARG))

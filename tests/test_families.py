@@ -8,11 +8,12 @@ import json
 import time
 
 import pytest
+import torch
 
 from pytest_quantbench.decoding import parse_decoding
 from pytest_quantbench.families import is_quantized_layer
 from pytest_quantbench.measure import decode_bytes_per_step, measure_generation
-from pytest_quantbench.models import load_model, model_family, resolve_model
+from pytest_quantbench.models import UNFIT_LAYERS, load_model, model_family, resolve_model
 from pytest_quantbench.precisions import parse_precision
 from pytest_quantbench.synthetic import PRESETS, parameter_count, synthetic_config, write_checkpoint
 from pytest_quantbench.tasks import get_task
@@ -111,6 +112,78 @@ def test_paligemma_every_cpu_precision_vision_stays_high_precision(tiny):
         handle = load_model(spec, parse_precision(name), "cpu")
         assert _vision_layers_quantized(handle) and handle.high_precision["vision_tower"]["quantized"]
         _generate(handle, images=images)
+        if name == "nf4+vision":  # the 32-wide vision layers stay in fp32, on every CPU, and the record says so
+            kept = handle.high_precision[UNFIT_LAYERS]
+            assert kept["layers"] == TINY_PALIGEMMA_UNFIT and kept["dtypes"] == ["float32"]
+            assert not kept["quantized"] and "AVX-512" in kept["why"]
+            assert all(type(handle.model.get_submodule(n)) is torch.nn.Linear for n in kept["layers"])
+        else:  # int8 takes any shape
+            assert UNFIT_LAYERS not in handle.high_precision
+
+
+# 32 x 32 attention projections, fc1 (32 -> 64) and the projector (32 -> 64): input or output too narrow for the
+# AVX-512 kernel; fc2 (64 -> 32) fits and is quantized.
+TINY_PALIGEMMA_UNFIT = [f"model.vision_tower.encoder.layers.{i}.{name}" for i in (0, 1)
+                        for name in ("self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
+                                     "self_attn.out_proj", "mlp.fc1")] + ["model.multi_modal_projector.linear"]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_cpu_4bit_rule_is_the_shapes_bitsandbytes_can_repack(quant_type):
+    """bitsandbytes repacks a 4-bit weight for its AVX-512 kernel with `_convert_weight_packed_for_cpu` (plain torch
+    reshapes, so it runs on any CPU; called here directly, its private name being the only handle on that step):
+    it fails for exactly the shapes the rule keeps out of quantization (SigLIP's 4304-wide MLP among them)."""
+    import bitsandbytes.functional as bnb_functional
+
+    from pytest_quantbench.precisions import BNB_4BIT_BLOCKSIZE, bnb_cpu_4bit_fits
+
+    shapes = [(32, 32), (64, 32), (32, 64), (64, 64), (96, 32), (128, 48), (128, 64), (576, 192), (1152, 4304),
+              (4304, 1152), (1536, 576), (100, 64)]
+    verdicts = {}
+    for in_features, out_features in shapes:
+        weight = torch.randn(out_features, in_features)
+        packed, state = bnb_functional.quantize_4bit(weight, blocksize=BNB_4BIT_BLOCKSIZE, quant_type=quant_type)
+        try:
+            bnb_functional._convert_weight_packed_for_cpu(packed, state)
+            verdicts[(in_features, out_features)] = True
+        except (RuntimeError, AssertionError):
+            verdicts[(in_features, out_features)] = False
+    assert verdicts == {shape: bnb_cpu_4bit_fits(*shape) for shape in shapes}
+    assert list(verdicts.values()).count(False) == 7
+
+
+def test_cpu_4bit_unfit_layers_of_a_real_paligemma_shape():
+    """PaliGemma-3B's vision MLP (1152 <-> 4304) cannot take the AVX-512 kernel; its language model can. The rule reads
+    a meta-device skeleton and leaves out what the skip list already keeps."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pytest_quantbench.precisions import bnb_cpu_4bit_unfit
+
+    _, config = synthetic_config("paligemma-3b:text_config.num_hidden_layers=1,vision_config.num_hidden_layers=1")
+    with init_empty_weights():
+        model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**config))
+    assert bnb_cpu_4bit_unfit(model, ["lm_head"]) == ["model.vision_tower.encoder.layers.0.mlp.fc1",
+                                                       "model.vision_tower.encoder.layers.0.mlp.fc2"]
+    assert bnb_cpu_4bit_unfit(model, ["lm_head", ".*vision_tower"]) == []
+
+
+def test_cpu_4bit_keeps_unfit_layers_of_a_decoder_with_its_default_skips(tmp_path, monkeypatch):
+    """A decoder whose key/value projections are 16 wide: nf4 on the CPU keeps them (and, as transformers' own default,
+    the output head) in fp32, quantizes the rest; on CUDA the rule does not apply."""
+    monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path))
+    tiny = ("synthetic:qwen2.5-0.5b:num_hidden_layers=1,hidden_size=64,intermediate_size=128,num_attention_heads=4,"
+            "num_key_value_heads=1,vocab_size=512")
+    handle = load_model(resolve_model(tiny), parse_precision("nf4"), "cpu")
+    kept = handle.high_precision[UNFIT_LAYERS]
+    assert kept["layers"] == ["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"]
+    assert all(type(handle.model.get_submodule(n)) is torch.nn.Linear for n in kept["layers"])
+    assert type(handle.model.lm_head) is torch.nn.Linear  # the default skip is kept with the explicit list
+    assert is_quantized_layer(handle.model.model.layers[0].self_attn.q_proj)
+    assert is_quantized_layer(handle.model.model.layers[0].mlp.down_proj)
+    _generate(handle)
+    nf4 = parse_precision("nf4")
+    assert nf4.keep_layers(nf4, "cuda", {}, lambda: pytest.fail("built a skeleton on CUDA")) == ([], "")
 
 
 def _slowed(module, seconds: float):

@@ -203,11 +203,23 @@ def test_hqq_replaces_decoder_linears(tiny_model_dir):
 @pytest.mark.slow
 @_needs("gptqmodel", "optimum")
 def test_session_records_quantization(pytester, tiny_model_dir, tmp_path, monkeypatch):
-    """`--qb-precision gptq` from the command line: the record carries quantize_s and the kernel."""
+    """`--qb-precision gptq` from the command line: the record carries quantize_s and the kernel, which is the
+    GPTQModel quantized-linear class whose forward ran while measuring (whichever one GPTQModel picked for this CPU:
+    TorchAtenLinear, TorchCpuAvx512Linear, ...)."""
     monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path / "cache"))
     pytester.makepyfile("""
+        import json
+
+        from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
         def test_speed(quantbench):
+            ran = set()
+            for module in quantbench.model.model.modules():
+                if isinstance(module, BaseQuantLinear):
+                    module.register_forward_hook(lambda layer, *_: ran.add(type(layer).__name__))
             quantbench.measure(max_new_tokens=4)
+            with open("ran.json", "w") as out:
+                json.dump(sorted(ran), out)
     """)
     # A subprocess: GPTQModel registers torch operators at import, which an in-process rerun cannot repeat.
     result = pytester.runpytest_subprocess(
@@ -217,7 +229,8 @@ def test_session_records_quantization(pytester, tiny_model_dir, tmp_path, monkey
     result.assert_outcomes(passed=1)
     record = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())["records"][0]
     assert record["metrics"]["quantize_s"] > 0
-    assert record["model_info"]["quantization"]["kernel"] == "TorchAtenLinear"
+    ran = json.loads((pytester.path / "ran.json").read_text())
+    assert ran and record["model_info"]["quantization"]["kernel"] == ",".join(ran)
     assert record["model_info"]["quantization"]["calibration_samples"] == 4
 
 

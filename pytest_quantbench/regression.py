@@ -4,10 +4,12 @@ A tolerance is relative (`ms_per_token:5%`) or absolute in the metric's own unit
 A change for the worse fails only when it exceeds the tolerance and the measured noise of both runs:
 
 - within a run, the spread (IQR) of the timed repeats of each side, for every metric that has one (results.METRICS);
-- between runs, the spread of the baseline's own history: a saved baseline keeps each metric of its last
-  HISTORY_RUNS runs, and from MIN_HISTORY runs on the gate allows what a new run of the same code reaches with
-  probability 1 - ALPHA (a one-sided prediction bound, Student's t on the logarithms); with fewer runs, the
-  documented default of the device and decode mode (results.NOISE_DEFAULTS).
+- between runs, the documented default of the device and decode mode (results.NOISE_DEFAULTS) while the baseline
+  has fewer than MIN_HISTORY runs; a saved baseline keeps each metric of its last HISTORY_RUNS runs, and from
+  MIN_HISTORY runs on the gate allows what a new run of the same code reaches with probability 1 - ALPHA: a
+  one-sided prediction bound, Student's t on the logarithms, with the runs' variance pooled with the default's
+  (worth PRIOR_DF degrees of freedom). Pooled, a few steady runs tighten the gate gradually instead of three runs'
+  t quantile (22 at two degrees of freedom) making it blind, and a machine noisier than the default widens it.
 
 Accuracy is compared item by item: the baseline keeps each item's outcome, and a drop fails only when it exceeds
 the tolerance and the paired interval excludes zero (the test the in-run accuracy check uses). Every accuracy check
@@ -26,6 +28,7 @@ from .results import HISTORY_RUNS, METRICS, MIN_HISTORY, NOISE_DEFAULTS, Record,
 from .thresholds import Check
 
 ALPHA = 0.001  # false-alarm probability per metric and test once the baseline's own spread is known
+PRIOR_DF = 2  # degrees of freedom the device default counts for, pooled with a baseline's runs
 
 
 @dataclass(frozen=True)
@@ -98,17 +101,21 @@ def _number(value) -> float | None:
 
 def between_run_noise(history: list[float], device: str, mode: str, kind: str) -> tuple[float, str]:
     """Relative worsening a rerun of the same code may show, and where that figure comes from."""
-    values = [v for v in history if v > 0]
-    if len(values) >= MIN_HISTORY:
-        from scipy.stats import t
-
-        logs = [math.log(v) for v in values]
-        n = len(logs)
-        bound = t.ppf(1 - ALPHA, n - 1) * statistics.stdev(logs) * math.sqrt(1 + 1 / n)
-        return math.exp(bound) - 1, f"spread of {n} baseline runs"
     default = NOISE_DEFAULTS.get((device, mode), NOISE_DEFAULTS[("cuda", "eager")]).get(kind, 0.0)
-    runs = f"{len(values)} run" + ("" if len(values) == 1 else "s")
-    return default, f"{device} {mode} default while the baseline has {runs}"
+    values = [v for v in history if v > 0]
+    if len(values) < MIN_HISTORY or not default:
+        runs = f"{len(values)} run" + ("" if len(values) == 1 else "s")
+        return default, f"{device} {mode} default while the baseline has {runs}"
+    from scipy.stats import t
+
+    logs = [math.log(v) for v in values]
+    n = len(logs)
+    # The default read as the prediction bound of one baseline run (a difference of two runs) at PRIOR_DF
+    prior_variance = (math.log1p(default) / (t.ppf(1 - ALPHA, PRIOR_DF) * math.sqrt(2))) ** 2
+    df = PRIOR_DF + n - 1
+    pooled = math.sqrt((PRIOR_DF * prior_variance + (n - 1) * statistics.variance(logs)) / df)
+    bound = t.ppf(1 - ALPHA, df) * pooled * math.sqrt(1 + 1 / n)
+    return math.expm1(bound), f"spread of {n} baseline runs pooled with the {device} {mode} default"
 
 
 def _compare_metric(metric: str, base: Record, new: Record, tolerance: Tolerance, history: list[float]) -> Check:

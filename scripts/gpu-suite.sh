@@ -66,9 +66,12 @@ from pytest_quantbench.synthetic import materialize_synthetic; print(materialize
       index=$(( (index + 1) % ${GPUS:-1} ))
     done
     wait ;;
-  gate)  # the regression gate: PAIRS same-commit pairs of sessions (false alarms), SLOWED runs beside a GPU burner
+  gate)  # the regression gate: PAIRS same-commit pairs of sessions (false alarms), then SLOWED runs for each of
+    # SLOWDOWNS (burn-gpu, burn-cpu, patch:FILE; BURN=cpu|gpu is burn-cpu|burn-gpu)
+    slowdowns=()
+    for slowdown in ${SLOWDOWNS:-burn-${BURN:-gpu}}; do slowdowns+=(--slowdown "$slowdown"); done
     # shellcheck disable=SC2086
-    python3 benchmarks/gate_false_alarms.py --pairs "${PAIRS:-4}" --slowed "${SLOWED:-2}" --burn "${BURN:-gpu}" --out "$out/$stage" \
+    python3 benchmarks/gate_false_alarms.py --pairs "${PAIRS:-4}" --slowed "${SLOWED:-2}" "${slowdowns[@]}" --out "$out/$stage" \
       -- benchmarks/test_speed.py "${plugin[@]}" --qb-device cuda --qb-model "${MODEL:-synthetic:smollm2-135m}" \
       --qb-precision "${PRECISIONS:-bf16,nf4}" --qb-decoding greedy --qb-mode "${MODES:-eager}" ${EXTRA:-} ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -41,19 +41,22 @@ def test_one_run_baseline_gates_against_the_device_default_noise():
     tolerances = parse_tolerances("ms_per_token:5%,tokens_per_s:5%")
     same = compare(record(mode="compiled"), record(mode="compiled"), tolerances)
     assert [c.passed for c in same] == [True, True]
-    # +6% is past the 5% tolerance but inside a compiled CUDA step's 10% default between-run noise
-    drift = {c.name: c for c in compare(record(mode="compiled"), record(ms=10.6, tps=94.3, mode="compiled"), tolerances)}
+    # +13% is past the 5% tolerance but inside a compiled CUDA step's 25% default between-run noise (a same-commit
+    # H200 pair moved this much); tokens/s -28% is inside the x1.75 of a whole generation, whose prefill is eager
+    drift = {c.name: c for c in compare(record(mode="compiled"), record(ms=11.3, tps=72.0, mode="compiled"), tolerances)}
     assert drift["regression[ms_per_token]"].passed and drift["regression[tokens_per_s]"].passed
-    assert "cuda compiled default while the baseline has 1 run" in drift["regression[ms_per_token]"].message
-    slower = {c.name: c for c in compare(record(mode="compiled"), record(ms=12.0, tps=83.0, mode="compiled"), tolerances)}
-    assert not slower["regression[ms_per_token]"].passed and not slower["regression[tokens_per_s]"].passed
-    assert "ms_per_token 12.00 vs baseline 10.00 (+20.0%): regression (tolerance 5%" in slower[
+    assert "between-run x1.25 = 2.5 ms (cuda compiled default while the baseline has 1 run)" in drift[
         "regression[ms_per_token]"].message
-    # Eager decoding is host-bound: its default noise is wider (the same +20% is noise there), 2x is not
-    assert all(c.passed for c in compare(record(), record(ms=12.0, tps=83.0), tolerances))
+    assert "between-run x1.75" in drift["regression[tokens_per_s]"].message
+    slower = {c.name: c for c in compare(record(mode="compiled"), record(ms=13.0, tps=50.0, mode="compiled"), tolerances)}
+    assert not slower["regression[ms_per_token]"].passed and not slower["regression[tokens_per_s]"].passed
+    assert "ms_per_token 13.00 vs baseline 10.00 (+30.0%): regression (tolerance 5%" in slower[
+        "regression[ms_per_token]"].message
+    # Eager decoding is host-bound: its default noise is wider (the same +30% is noise there), 2x is not
+    assert all(c.passed for c in compare(record(), record(ms=13.0, tps=77.0), tolerances))
     assert not any(c.passed for c in compare(record(), record(ms=20.0, tps=50.0), tolerances))
-    # The within-run spread counts too: 2 ms of IQR on each side covers +3.5 ms of a compiled run
-    assert compare(record(iqr=2.0, mode="compiled"), record(ms=13.5, iqr=2.0, mode="compiled"), tolerances)[0].passed
+    # The within-run spread counts too: 2 ms of IQR on each side covers +3.8 ms of a compiled run
+    assert compare(record(iqr=2.0, mode="compiled"), record(ms=13.8, iqr=2.0, mode="compiled"), tolerances)[0].passed
     # An improvement never fails, however large
     better = compare(record(mode="compiled"), record(ms=1.0, tps=1000.0, mode="compiled"), tolerances)
     assert all(c.passed for c in better) and "improvement" in better[0].message
@@ -64,7 +67,13 @@ def test_history_replaces_the_default_with_the_baselines_own_spread():
     steady = {"ms_per_token": [10.0, 10.1, 9.9, 10.05, 9.95]}
     check = compare(record(), record(ms=10.5), tolerances, steady)[0]
     assert check.passed and "spread of 5 baseline runs" in check.message  # +5%: inside the runs' prediction bound
-    assert not compare(record(), record(ms=12.0), tolerances, steady)[0].passed  # +20% is not: eager default was 50%
+    assert not compare(record(), record(ms=12.0), tolerances, steady)[0].passed  # +20% is not
+    # Three runs that vary by 5%: pooled with the default, the gate allows x1.36, not the x3.6 of their own t bound
+    three = {"ms_per_token": [10.0, 10.5, 9.5]}
+    assert compare(record(), record(ms=12.0), tolerances, three)[0].passed
+    check = compare(record(), record(ms=30.0), tolerances, three)[0]
+    assert not check.passed and "between-run x1.36 = 3.65 ms (spread of 3 baseline runs pooled with the cuda eager" \
+        in check.message
     noisy = {"ms_per_token": [10.0, 14.0, 8.0, 12.0]}
     assert compare(record(), record(ms=20.0), tolerances, noisy)[0].passed  # a machine that swings this much
     assert compare(record(), record(ms=10.0), tolerances, steady)[0].baseline == pytest.approx(10.0)  # the median

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
@@ -15,7 +16,7 @@ from .models import ModelLoadError
 from .report_dir import ReportDir
 from .results import Record, environment
 from .session import Case, QuantbenchSession
-from .settings import add_options, check_marker, check_names
+from .settings import add_options, check_marker, check_names, marker_keywords, parse_shard
 from .tasks.generation import DatasetError
 
 SESSION = pytest.StashKey[QuantbenchSession]()
@@ -31,12 +32,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    keywords = ", ".join(f"{key}=None" for key in marker_keywords(NARROWING))  # the keys check_marker accepts
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(models=None, precisions=None, decodings=None, baseline=None, max_accuracy_drop=None, "
-        "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None, "
-        "max_perplexity_increase=None, max_kl=None, min_top1_agreement=None, drop_test=None): "
-        "narrow this test's model x precision x decoding matrix and set its thresholds",
+        f"{MARKER}({keywords}): narrow this test's model x precision x decoding x mode matrix and set its thresholds",
     )
     try:
         check_names(config)
@@ -54,9 +53,10 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from .distribute import ModelPrecisionScheduling
     from .models import resolve_model
+    from .session import k_safe
 
     settings = config.stash[SESSION].settings
-    groups = [f"{resolve_model(m).name}-{p}" for m in settings.models for p in settings.precisions]
+    groups = [k_safe(f"{resolve_model(m).name}-{p}") for m in settings.models for p in settings.precisions]
     return ModelPrecisionScheduling(config, log, groups)
 
 
@@ -125,19 +125,41 @@ def pytest_collection_modifyitems(session, config, items):
     # A test whose marker narrows the matrix to nothing gets pytest's empty-parameter-set placeholder, not a Case.
     cases = [(item, item.callspec.params.get(CASE_ARG) if hasattr(item, "callspec") else None) for item in items]
     cases = [(item, case if isinstance(case, Case) else None) for item, case in cases]
-    if not any(case for _, case in cases):
-        return
-    settings = state.settings
-    models = [c.model.name for _, c in cases if c]
-    precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
+    if any(case for _, case in cases):
+        settings = state.settings
+        models = [c.model.name for _, c in cases if c]
+        precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
 
-    def key(pair):
-        _item, case = pair
-        if case is None:
-            return (0, 0, 0)
-        return (1, models.index(case.model.name), precisions.index(case.precision.name))
+        def key(pair):
+            _item, case = pair
+            if case is None:
+                return (0, 0, 0)
+            return (1, models.index(case.model.name), precisions.index(case.precision.name))
 
-    items[:] = [item for item, _ in sorted(cases, key=key)]
+        cases.sort(key=key)
+        items[:] = [item for item, _ in cases]
+    shard = parse_shard(config.getoption("qb_shard") or config.getini("qb_shard"))
+    if shard:
+        _keep_shard(config, items, cases, *shard)
+
+
+def _keep_shard(config, items, cases, index: int, count: int) -> None:
+    """Deselect all but shard `index` of `count`: the (model, precision) groups, in collection order, dealt out in
+    turn; other tests by a hash of their id. Every shard collects the same items, so the parts are disjoint."""
+    groups: dict[tuple[str, str], int] = {}
+    for _, case in cases:
+        if case:
+            groups.setdefault((case.model.name, case.precision.name), len(groups))
+
+    def shard_of(item, case) -> int:
+        position = groups[(case.model.name, case.precision.name)] if case else zlib.crc32(item.nodeid.encode())
+        return position % count + 1
+
+    kept = [item for item, case in cases if shard_of(item, case) == index]
+    deselected = [item for item, case in cases if shard_of(item, case) != index]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
 
 
 @pytest.fixture

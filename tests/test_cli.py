@@ -1,0 +1,42 @@
+"""The `quantbench` command's own views: its version and the registries, with what can run here."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from pytest_quantbench.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"quantbench {version('pytest-quantbench')}"
+
+
+def test_list_precisions_says_what_runs_on_this_device_and_why_not(capsys):
+    assert main(["list", "precisions", "--device", "cpu"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "nf4[@fp32|@fp16|@bf16][+dq][+vision]" in rows
+    assert "bitsandbytes" in rows["nf4[@fp32|@fp16|@bf16][+dq][+vision]"]
+    assert " yes " in rows["fp32"]
+    assert "no: fp8 needs a CUDA GPU; device is cpu" in rows["fp8[@fp32|@fp16|@bf16]"]
+
+
+@pytest.mark.parametrize("what, expected", [("decodings", ["greedy", "sample", "beam5"]),
+                                            ("tasks", ["simple", "mmlu", "wikitext2", "humaneval"]),
+                                            ("presets", ["qwen2.5-7b", "paligemma-3b"]),
+                                            ("models", ["smollm2-135m"])])
+def test_list_registries(capsys, what, expected):
+    assert main(["list", what]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert set(expected) <= set(names)
+
+
+def test_list_unknown_registry_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["list", "kernels"])
+    assert done.value.code == 2
+    assert "invalid choice: 'kernels'" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def read_journal(path: Path) -> tuple[list[Record], dict | None]:
 
 def cmd_report(args) -> int:
     source = Path(args.file)
-    if args.from_journal:
+    if args.from_journal or source.suffix == ".jsonl":  # a journal is one record a line, whatever the flag says
         records, env = read_journal(source)
         out = Path(args.out or source.parent)
         env = dict(journal_environment(records, env))
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--device", default="auto", help="the device precisions are checked for (auto, cpu, cuda)")
     report = commands.add_parser("report", help="re-render quantbench.md from a report (or rebuild from a journal)")
     report.add_argument("file", help="quantbench.json, or quantbench.jsonl with --from-journal")
-    report.add_argument("--from-journal", action="store_true", help="rebuild JSON and Markdown from the journal")
+    report.add_argument("--from-journal", action="store_true",
+                        help="rebuild JSON and Markdown from the journal (implied by a .jsonl file)")
     report.add_argument("--out", help="output directory (default: beside the input)")
     comparison = commands.add_parser("compare", help="compare two runs; exit 1 on a regression")
     comparison.add_argument("base")

@@ -9,6 +9,7 @@ import json
 import os
 import zlib
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,9 @@ def pytest_configure(config):
         "markers",
         f"{MARKER}({keywords}): narrow this test's model x precision x decoding x mode matrix and set its thresholds",
     )
+    # Raised by torch itself when a library it imports defines TorchScript methods, once per method: 14 lines of a
+    # warnings summary the user can do nothing about.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     try:
         check_names(config)
     except (ValueError, ModelLoadError) as error:
@@ -222,9 +226,20 @@ def pytest_runtest_makereport(item, call):
             record.reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
         report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
         # JUnit XML writes the item's properties with the teardown report.
-        item.user_properties.extend((f"qb_{name}", value) for name, value in record.metrics.items())
-        item.user_properties.extend((f"qb_accuracy_pct_{t}", value) for t, value in record.accuracy_pct.items())
+        properties = [*((f"qb_{name}", v) for name, v in record.metrics.items()),
+                      *((f"qb_accuracy_pct_{t}", v) for t, v in record.accuracy_pct.items())]
+        item.user_properties.extend((name, _junit_value(v)) for name, v in properties if v is not None)
+    if report.skipped and isinstance(report.longrepr, tuple) and bench is not None and \
+            Path(report.longrepr[0]).resolve().is_relative_to(Path(__file__).parent):
+        # A skip the plugin decided (no GPU, a missing library) points at the test, not at the plugin's own line.
+        filename, line = item.reportinfo()[:2]
+        report.longrepr = (str(filename), (line or 0) + 1, report.longrepr[2])
     return report
+
+
+def _junit_value(value) -> str:
+    """A metric as JUnit XML shows it: numbers as numbers, booleans as true/false (not Python's reprs)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class SessionHooks:

@@ -77,6 +77,8 @@ OPTIONS = [
 def add_options(addoption, addini) -> None:
     """Register every option and its ini key (used by the plugin and by tests)."""
     for flag, ini, help_text, default in OPTIONS:
+        if default is not None and "default" not in help_text:  # as pytest-benchmark's options say theirs
+            help_text = f"{help_text}. Default: {default}"
         option_help = help_text.replace("%", "%%")  # argparse formats help strings
         if flag == "--qb-model":
             addoption(flag, action="append", dest=ini, default=None, help=option_help)

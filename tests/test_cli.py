@@ -40,3 +40,16 @@ def test_list_unknown_registry_is_a_usage_error(capsys):
         main(["list", "kernels"])
     assert done.value.code == 2
     assert "invalid choice: 'kernels'" in capsys.readouterr().err
+
+
+def test_report_reads_a_journal_by_its_suffix(tmp_path, capsys):
+    """`quantbench report x.jsonl` rebuilds from the journal without --from-journal (it was 'Extra data: line 2')."""
+    import json
+
+    record = {"test": "t.py::test_speed[m-fp32-greedy]", "model": "m", "precision": "fp32", "decoding": "greedy",
+              "device": "cpu", "metrics": {"ms_per_token": 12.5, "tokens_per_s": 80.0}}
+    journal = tmp_path / "quantbench.jsonl"
+    journal.write_text("\n".join(json.dumps(dict(record, test=f"t.py::test_{n}[m-fp32-greedy]")) for n in "ab") + "\n")
+    assert main(["report", str(journal), "--out", str(tmp_path / "out")]) == 0
+    rebuilt = json.loads((tmp_path / "out" / "quantbench.json").read_text())
+    assert [r["test"] for r in rebuilt["records"]] == ["t.py::test_a[m-fp32-greedy]", "t.py::test_b[m-fp32-greedy]"]

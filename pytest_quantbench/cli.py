@@ -114,9 +114,8 @@ def cmd_merge(args) -> int:
     merged = report_dict(records, sources[0]["environment"], models_info(records))
     merged["merged_from"] = sources
     write_atomic(out / JSON_NAME, json.dumps(merged, indent=2, default=str) + "\n")
-    from .report.markdown import render
-
-    write_atomic(out / "quantbench.md", render(records, sources[0]["environment"], merged["models"]))
+    # Markdown, CSV, plots and the HTML page: what a session writes
+    write_reports(records, out, "", env=sources[0]["environment"], write_json=False)
     print(f"merged {len(records)} records from {len(sources)} reports into {out}")
     if dropped:
         print(f"dropped {dropped} records identical to one already merged")

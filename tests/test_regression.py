@@ -243,3 +243,37 @@ def test_accuracy_gates_say_when_underpowered_and_the_baseline_keeps_items(pytes
                                     for c in checks)
     history = json.loads((pytester.path / "base.json").read_text())["history"]
     assert {len(h["footprint_mb"]) for h in history.values()} == {2}
+
+
+def test_gate_refuses_records_of_other_weights_under_one_test_id(tmp_path):
+    """The default alias loads the hub's weights online and the embedded GGUF offline under the same test id: the
+    gate refuses to compare the two (as it refuses another device), unless forced; the same weights compare."""
+    from pytest_quantbench.regression import Baseline, gate
+
+    gguf = {"kind": "gguf", "id": "HuggingFaceTB/SmolLM2-135M-Instruct", "file": "x.gguf", "sha256": "b179c952" * 8,
+            "note": "embedded"}
+    hub = {"kind": "hub", "id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "12fd25f7"}
+    tolerances = parse_tolerances("ms_per_token:5%")
+
+    def with_source(source):
+        rec = record()
+        rec.model_info = {"source": source}
+        return rec
+
+    baseline = Baseline(tmp_path / "b.json", {record().test: with_source(gguf)}, {})
+    with pytest.raises(ValueError, match=r"other weights \(kind gguf, .*sha256 b179c952.*\) than this run "
+                                         r"\(kind hub, .*revision 12fd25f7\): refusing to compare"):
+        gate(baseline, with_source(hub), tolerances)
+    assert gate(baseline, with_source(hub), tolerances, force=True)
+    assert gate(baseline, with_source(dict(gguf, note="other words")), tolerances)  # same digest: same weights
+    with pytest.raises(ValueError, match="other weights"):
+        gate(baseline, with_source(dict(gguf, sha256="0" * 64)), tolerances)
+    hub_baseline = Baseline(tmp_path / "b.json", {record().test: with_source(hub)}, {})
+    online = {"kind": "hub", "id": hub["id"]}  # loaded online: no revision recorded
+    assert gate(hub_baseline, with_source(online), tolerances)
+    with pytest.raises(ValueError, match="revision 12fd25f7.*revision 99999999"):
+        gate(hub_baseline, with_source(dict(hub, revision="99999999")), tolerances)
+    moved = {"kind": "dir", "path": "/home/a/model", "sha256_16": "abc"}
+    dir_baseline = Baseline(tmp_path / "b.json", {record().test: with_source(moved)}, {})
+    assert gate(dir_baseline, with_source(dict(moved, path="/ci/model")), tolerances)  # the path is not identity
+    assert gate(Baseline(tmp_path / "b.json", {record().test: record()}, {}), with_source(hub), tolerances)

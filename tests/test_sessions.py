@@ -82,17 +82,32 @@ def test_bad_names_are_usage_errors(pytester, tiny, option, message):
     result.stderr.fnmatch_lines([f"*{message}"])
 
 
-def test_precision_variants_in_ids(pytester, tiny):
+def test_precision_variants_in_ids_are_k_safe(pytester, tiny):
+    """`@` and `+` are not characters `-k` parses: the ids spell a precision's argument and flags with `-`."""
     pytester.makepyfile(SPEED_TEST)
-    result = pytester.runpytest("--collect-only", "-q", tiny, "--qb-precision=nf4@fp16+dq,fp4+dq", "--qb-decoding=greedy")
-    result.stdout.fnmatch_lines(["*tiny-nf4@fp16+dq-greedy*", "*tiny-fp4+dq-greedy*"])
+    options = (tiny, "--qb-precision=nf4@fp16+dq,fp4+dq", "--qb-decoding=greedy")
+    result = pytester.runpytest("--collect-only", "-q", *options)
+    result.stdout.fnmatch_lines(["*tiny-nf4-fp16-dq-greedy*", "*tiny-fp4-dq-greedy*"])
+    assert "@" not in result.stdout.str() and "+" not in result.stdout.str()
+    picked = pytester.runpytest("--collect-only", "-q", *options, "-k", "nf4-fp16-dq")
+    picked.stdout.fnmatch_lines(["*tiny-nf4-fp16-dq-greedy*", "1/2 tests collected (1 deselected)*"])
+
+
+def test_markers_help_names_every_marker_keyword(pytester):
+    result = pytester.runpytest("--markers")
+    line = next(line for line in result.stdout.lines if line.startswith("@pytest.mark.quantbench("))
+    for keyword in ("models=None", "precisions=None", "decodings=None", "modes=None", "baseline=None",
+                    "max_accuracy_drop=None", "drop_test=None"):
+        assert keyword in line
 
 
 def test_cuda_on_a_cpu_machine_skips_with_reason(pytester, tiny):
     pytester.makepyfile(SPEED_TEST)
     result = pytester.runpytest(tiny, "--qb-device=cuda", "--qb-precision=bf16,nf4", "--qb-decoding=greedy", "-rs", *FAST)
     result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["*SKIPPED*--qb-device cuda but no CUDA GPU is visible*"])
+    # the skip points at the test, not at the plugin's line that decided it
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] test_cuda_on_a_cpu_machine_skips_with_reason.py:*--qb-device cuda "
+                                 "but no CUDA GPU is visible*"])
     records = report(pytester)["records"]
     assert [r["outcome"] for r in records] == ["skipped", "skipped"]
     assert "CUDA" in records[0]["reason"]
@@ -237,8 +252,9 @@ def test_tests_of_one_precision_run_together_baseline_first(pytester, tiny):
 def test_xdist_one_report_and_one_worker_per_precision(pytester, tiny):
     pytest.importorskip("xdist", reason="pytest-xdist is not installed")
     pytester.makepyfile(SPEED_TEST + "\n\ndef test_other(quantbench):\n    quantbench.measure(max_new_tokens=4)\n")
-    result = pytester.runpytest_subprocess("-n", "2", tiny, "--qb-precision=fp32,bf16", "--qb-decoding=greedy,beam2",
-                                           *FAST)
+    # nf4@fp32: its id says nf4-fp32, and the scheduler's groups must read it so
+    result = pytester.runpytest_subprocess("-n", "2", tiny, "--qb-precision=fp32,nf4@fp32",
+                                           "--qb-decoding=greedy,beam2", *FAST)
     result.assert_outcomes(passed=8)
     records = report(pytester)["records"]
     assert len(records) == 8
@@ -254,3 +270,42 @@ def test_junit_xml_carries_metrics(pytester, tiny):
     pytester.runpytest(tiny, "--qb-precision=fp32", "--qb-decoding=greedy", "--junitxml=out.xml", *FAST)
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="qb_tokens_per_s"' in xml and 'name="qb_ms_per_token"' in xml
+    assert 'value="None"' not in xml and 'value="True"' not in xml and 'value="False"' not in xml
+
+
+def test_shards_partition_the_matrix_by_model_and_precision(pytester, tiny):
+    """`--qb-shard 1/2` and `2/2` collect disjoint parts whose union is the whole session; a (model, precision)
+    lies in one shard only, so it loads on one CI job."""
+    pytester.makepyfile(SPEED_TEST + "\n\ndef test_plain():\n    pass\n")
+    options = (tiny, "--qb-precision=fp32,bf16,int8,nf4@fp32", "--qb-decoding=greedy,beam2")
+
+    def collected(*extra: str) -> list[str]:
+        result = pytester.runpytest("--collect-only", "-q", *options, *extra)
+        assert result.ret == 0
+        return [line for line in result.stdout.lines if "::" in line]
+
+    everything = collected()
+    first, second = collected("--qb-shard=1/2"), collected("--qb-shard", "2/2")
+    assert len(everything) == 9 and first and second
+    assert sorted(first + second) == sorted(everything) and not set(first) & set(second)
+    groups = lambda ids: {i.split("[")[1].rsplit("-", 1)[0] for i in ids if "[" in i}
+    assert not groups(first) & groups(second) and len(groups(first) | groups(second)) == 4
+    assert collected("--qb-shard=1/1") == everything
+
+
+@pytest.mark.parametrize("value", ["3/2", "0/2", "1", "a/b", "1/0"])
+def test_bad_shard_is_a_usage_error(pytester, tiny, value):
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest(tiny, f"--qb-shard={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--qb-shard*expected K/N with 1 <= K <= N*"])
+
+
+def test_torch_jit_deprecation_noise_is_filtered(pytester):
+    """torch warns once per TorchScript method a library it imports defines: not the user's concern."""
+    pytester.makepyfile("def test_imports():\n    import bitsandbytes, transformers  # noqa: F401\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "script_method" not in result.stdout.str()
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:quantbench")
+    assert "script_method" in plain.stdout.str()  # what the filter hides is there without the plugin

@@ -13,11 +13,11 @@ def decoding_pivot(frame: pd.DataFrame) -> list[str]:
     accuracy = [c for c in frame.columns if c.startswith("acc:")]
     if frame.empty or not accuracy or frame["decoding"].nunique() < 2:
         return []
-    long = frame.melt(id_vars=["model", "precision", "decoding"], value_vars=accuracy, var_name="task",
+    index = ["machine", "model", "precision"] if frame["machine"].nunique() > 1 else ["model", "precision"]
+    long = frame.melt(id_vars=[*index, "decoding"], value_vars=accuracy, var_name="task",
                       value_name="accuracy").dropna(subset=["accuracy"])
     long["task"] = long["task"].str[4:]
-    table = long.pivot_table(index=["model", "precision"], columns=["task", "decoding"], values="accuracy",
-                             sort=False)
+    table = long.pivot_table(index=index, columns=["task", "decoding"], values="accuracy", sort=False)
     table.columns = [f"{task} · {decoding}" for task, decoding in table.columns]
     return ["", "## Accuracy by precision and decoding", "",
             "Accuracy (%) per task under each decoding (sampling: majority vote of 20 responses, or pass@1 for code).",

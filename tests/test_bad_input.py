@@ -268,7 +268,9 @@ def test_broken_gguf_fails_its_cases_with_one_message(pytester, private_cache, c
 
 
 @pytest.mark.parametrize(("env", "why"), [
-    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1 is set"),
+    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ({"HF_HUB_OFFLINE": "True"}, "HF_HUB_OFFLINE is set"),  # every value huggingface_hub takes as true
+    ({"HF_HUB_OFFLINE": "on"}, "HF_HUB_OFFLINE is set"),
     ({"HF_ENDPOINT": "https://127.0.0.1:9"}, "the Hugging Face hub is unreachable"),  # nothing listens on port 9
 ])
 def test_hub_model_offline_is_one_clear_line(pytester, monkeypatch, env, why):
@@ -298,6 +300,37 @@ def test_hub_model_offline_loads_from_the_local_hub_cache(pytester, monkeypatch,
     result.assert_outcomes(passed=1)
     record = load_report(pytester.path / ".quantbench" / "quantbench.json")["records"][0]
     assert record["model_info"]["source"] == {"kind": "hub", "id": "quantbench-tests/tiny", "revision": revision}
+
+
+def test_hub_revision_is_pinned_with_at(pytester, monkeypatch, tiny_model_dir):
+    """`org/name@REV` loads that revision (a commit, or a branch the cache's refs resolve), records the commit and
+    what was asked, and keeps the test id of `org/name`; a revision not in the cache is one clear line."""
+    main, pinned = "0" * 40, "1" * 40
+    repo = pytester.path / "hub" / "models--quantbench-tests--tiny"
+    for revision in (main, pinned):
+        shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main)
+    (repo / "refs" / "v1").write_text(pinned)
+    monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.makepyfile(SPEED_TEST)
+    for asked, commit in ((pinned, pinned), ("v1", pinned), ("main", main)):
+        out = pytester.path / asked
+        result = pytester.runpytest_subprocess(f"--qb-model=quantbench-tests/tiny@{asked}", *ONE_CASE,
+                                               f"--qb-report-dir={out}")
+        result.assert_outcomes(passed=1)
+        record = load_report(out / "quantbench.json")["records"][0]
+        assert record["model_info"]["source"] == {"kind": "hub", "id": "quantbench-tests/tiny", "revision": commit,
+                                                  "requested_revision": asked}
+        assert record["test"].endswith("[tiny-fp32-greedy]")
+    missing = pytester.runpytest("--qb-model=quantbench-tests/tiny@v2", *ONE_CASE)
+    missing.assert_outcomes(failed=1)
+    assert ("quantbench-tests/tiny@v2: HF_HUB_OFFLINE is set and the model at revision v2 is not in the local hub "
+            "cache; download it where the network is reachable (hf download quantbench-tests/tiny --revision v2)"
+            ) in missing.stdout.str()
+    bad = pytester.runpytest("--qb-model=quantbench-tests/tiny@", *ONE_CASE)
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
 
 
 GOOD_MMLU = '{"subject": "anatomy", "question": "q?", "choices": ["a", "b", "c", "d"], "answer": 1}\n'
@@ -349,3 +382,32 @@ def test_arc_labels_must_be_a_list(tmp_path):
         '{"id": "1", "question": "q", "choices": {"text": ["a", "b"], "label": "AB"}, "answerKey": "A"}\n')
     with pytest.raises(DatasetError, match="ARC-Easy-Test.jsonl:1: expected choices with matching 'text' and 'label'"):
         arc_loader("ARC-Easy")(tmp_path, "test")
+
+
+def test_hub_reachability_goes_through_the_proxy(monkeypatch):
+    """The check asks the endpoint over HTTP as the hub clients do, so a proxy (HTTP(S)_PROXY) is honoured: a host
+    that does not resolve here is reachable through a proxy that answers, and not without it."""
+    import http.server
+    import threading
+
+    from pytest_quantbench.hub import hub_reachable
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802  (http.server's name)
+            self.send_response(200 if self.path.startswith("http://hub.invalid") else 400)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        assert not hub_reachable(timeout_s=2)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+        assert hub_reachable(timeout_s=2)
+    finally:
+        server.shutdown()

@@ -131,7 +131,9 @@ class QuantBenchmark:
             result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
                                               tokens, handle=self.model)
         except DataUnavailable as error:
-            self.session.unavailable[task.name] = error
+            # The message only: the exception's traceback holds the frames, and with them this case's model, for the
+            # rest of the session (each later precision's too, as it is raised again).
+            self.session.unavailable[task.name] = str(error)
             pytest.skip(f"{task.name}: {error}")
         if result.accuracy is not None:  # a perplexity task has none: its metrics carry it
             self.record.accuracy_pct[task.name] = result.accuracy * 100

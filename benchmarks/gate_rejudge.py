@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_quantbench.regression import gate, load_baseline, parse_tolerances, save_baseline  # noqa: E402
-from pytest_quantbench.results import DEFAULT_FAIL_ON, Record, load_report  # noqa: E402
+from pytest_quantbench.regression import gate, load_baseline, parse_tolerances, save_baseline
+from pytest_quantbench.results import DEFAULT_FAIL_ON, Record, load_report
 
 
 def records(path: Path) -> list[Record]:
@@ -81,12 +81,12 @@ def main() -> None:
                "history_false_alarms": {k: v for k, v in grown_alarms.items() if v},
                "history_slowed": grown_caught}
     lines = [f"Re-judged with the gate of this checkout (`{DEFAULT_FAIL_ON}`, default noise model):", "",
-             f"- same-commit sessions against every other pair's one-run baseline: {len(alarms)} false alarms in "
-             f"{cross} comparisons",
+             (f"- same-commit sessions against every other pair's one-run baseline: {len(alarms)} false alarms in "
+              f"{cross} comparisons"),
              f"- slowed sessions against every one-run baseline: {sum(c[2] for c in caught)} of {len(caught)} caught",
-             f"- a baseline accumulated over {history} sessions: {sum(bool(v) for v in grown_alarms.values())} false "
-             f"alarms in {len(rest)} later same-commit sessions; slowed sessions caught: "
-             f"{sum(bool(v) for v in grown_caught.values())} of {len(grown_caught)}"]
+             (f"- a baseline accumulated over {history} sessions: {sum(bool(v) for v in grown_alarms.values())} false "
+              f"alarms in {len(rest)} later same-commit sessions; slowed sessions caught: "
+              f"{sum(bool(v) for v in grown_caught.values())} of {len(grown_caught)}")]
     for name, messages in grown_caught.items():
         lines += [f"  - {name}: {m}" for m in messages[:1]]
     for alarm in alarms[:5]:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from .regression import gate, load_baseline, parse_tolerances
 from .report.writer import JSON_NAME, models_info, write_reports
-from .results import DEFAULT_FAIL_ON, METRICS, Record, journal_environment, load_report, report_dict, write_atomic
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pytest-quantbench")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+from .results import (
+    DEFAULT_FAIL_ON,
+    METRICS,
+    Record,
+    journal_environment,
+    load_report,
+    package_version,
+    report_dict,
+    write_atomic,
+)
 
 
 def _records(data: dict) -> list[Record]:
@@ -196,7 +196,8 @@ def cmd_list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    installed = package_version("pytest-quantbench") or "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="what the plugin knows: " + ", ".join(LISTS))
     listing.add_argument("what", choices=LISTS)

@@ -100,9 +100,9 @@ def weights_identity(record: Record) -> dict | None:
     source = (record.model_info or {}).get("source")
     if not isinstance(source, dict) or not source.get("kind"):
         return None
-    keys = ("kind", "id", "sha256", "sha256_16", "revision", "preset", "config")
-    return {k: source[k] for k in keys if source.get(k) not in (None, "")} if source["kind"] != "dir" else \
-        {k: source[k] for k in ("kind", "sha256_16") if source.get(k)}
+    keys = ("kind", "sha256_16") if source["kind"] == "dir" else \
+        ("kind", "id", "sha256", "sha256_16", "revision", "preset", "config")
+    return {k: source[k] for k in keys if source.get(k) not in (None, "")}
 
 
 def source_mismatch(base: Record, new: Record, path: Path) -> str | None:

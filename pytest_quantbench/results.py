@@ -144,7 +144,8 @@ def record_problem(data) -> str | None:
     return None
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of `package`, or None."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -187,7 +188,7 @@ def environment(device: str, command: str | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: _version(name) for name in LIBRARIES},
+        "versions": {name: package_version(name) for name in LIBRARIES},
         "git_commit": _git_commit(),
         "command": command or " ".join(sys.argv),
     }

@@ -393,7 +393,7 @@ def test_hub_reachability_goes_through_the_proxy(monkeypatch):
     from pytest_quantbench.hub import hub_reachable
 
     class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_HEAD(self):  # noqa: N802  (http.server's name)
+        def do_HEAD(self):
             self.send_response(200 if self.path.startswith("http://hub.invalid") else 400)
             self.end_headers()
 

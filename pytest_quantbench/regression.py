@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import HISTORY_RUNS, METRICS, MIN_HISTORY, NOISE_DEFAULTS, Record, load_report, write_atomic
+from .results import GATED_METRICS, HISTORY_RUNS, METRICS, MIN_HISTORY, NOISE_DEFAULTS, Record, load_report, write_atomic
 from .thresholds import Check
 
 ALPHA = 0.001  # false-alarm probability per metric and test once the baseline's own spread is known
@@ -45,8 +45,8 @@ def parse_tolerances(spec: str) -> dict[str, Tolerance]:
         metric, amount = metric.strip(), amount.strip().lower()
         if not sep or not amount:
             raise ValueError(f"tolerance {part!r}: expected METRIC:AMOUNT such as ms_per_token:5% or accuracy:1pt")
-        if metric not in METRICS:
-            raise ValueError(f"tolerance {part!r}: unknown metric {metric!r}; valid: {', '.join(sorted(METRICS))}")
+        if metric not in GATED_METRICS:
+            raise ValueError(f"tolerance {part!r}: unknown metric {metric!r}; valid: {', '.join(sorted(GATED_METRICS))}")
         relative = amount.endswith("%")
         number = amount.removesuffix("%").removesuffix("pt")
         try:
@@ -236,7 +236,7 @@ def gate(baseline: Baseline, record: Record, tolerances: dict[str, Tolerance], f
 
 
 def _gated_metrics(record: Record) -> dict[str, float]:
-    return {m: float(record.metrics[m]) for m in METRICS if _number(record.metrics.get(m)) is not None}
+    return {m: float(record.metrics[m]) for m in GATED_METRICS if _number(record.metrics.get(m)) is not None}
 
 
 def save_baseline(path: Path, report: dict) -> int:

@@ -20,34 +20,46 @@ LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "pytest", "p
 
 @dataclass(frozen=True)
 class Metric:
-    """What a gated metric is: its unit, which way is better, and how its noise is known.
+    """What a metric is: its unit, which way is better, how reports show it, what bounds it and how its noise is known.
 
-    `spread` names the metric of the same unit that holds its within-run spread (the IQR over the timed repeats);
-    `noise` is its kind of between-run variation, which picks the default in NOISE_DEFAULTS while a baseline has too
-    few runs: "decode" (the decode steps alone, compiled in compiled mode), "timing" (a whole generation: the prefill
-    and the Python around the steps stay eager in either mode), "memory", or "exact" (figures that do not vary between
-    runs of one commit)."""
+    `label`: its column in the report's per-case tables (None: not a column). `percent`: a fraction shown as a
+    percentage. `threshold`: the Thresholds field that sets its limit, if any. `spread` names the metric of the same
+    unit that holds its within-run spread (the IQR over the timed repeats); `noise` is its kind of between-run
+    variation, which picks the default in NOISE_DEFAULTS while a baseline has too few runs: "decode" (the decode steps
+    alone, compiled in compiled mode), "timing" (a whole generation: the prefill and the Python around the steps stay
+    eager in either mode), "memory", "exact" (figures that do not vary between runs of one commit), "paired"
+    (compared item by item), or None for a metric the regression gate does not take."""
 
     unit: str
     higher_is_better: bool
+    label: str | None = None
+    percent: bool = False
+    threshold: str | None = None
     spread: str | None = None
-    noise: str = "timing"
+    noise: str | None = "timing"
 
 
+# The one table of metrics: the report's columns (in this order), the thresholds' directions and units, and the
+# regression gate's noise. Adding a metric: an entry here and the tracker that measures it.
 METRICS: dict[str, Metric] = {
-    "ms_per_token": Metric("ms", False, "ms_per_token_iqr", noise="decode"),
-    "latency_ms": Metric("ms", False, "latency_iqr_ms"),
-    "ttft_ms": Metric("ms", False, "ttft_iqr_ms"),
-    "tokens_per_s": Metric("tokens/s", True, "tokens_per_s_iqr"),
-    "decode_tokens_per_s": Metric("tokens/s", True, "decode_tokens_per_s_iqr", noise="decode"),
-    "load_s": Metric("s", False),
-    "peak_mem_mb": Metric("MB", False, noise="memory"),
-    "footprint_mb": Metric("MB", False, noise="exact"),
-    "kl_mean": Metric("nats", False, noise="exact"),
-    "top1_agreement_pct": Metric("%", True, noise="exact"),
+    "footprint_mb": Metric("MB", False, "footprint (MB)", threshold="max_footprint_mb", noise="exact"),
+    "peak_mem_mb": Metric("MB", False, "peak mem (MB)", threshold="max_memory_mb", noise="memory"),
+    "ttft_ms": Metric("ms", False, "TTFT (ms)", spread="ttft_iqr_ms"),
+    "ms_per_token": Metric("ms", False, "ms/token", threshold="max_ms_per_token", spread="ms_per_token_iqr",
+                           noise="decode"),
+    "ms_per_token_cv": Metric("", False, "ms/token CV (%)", percent=True, noise=None),
+    "tokens_per_s": Metric("tokens/s", True, "tokens/s", threshold="min_tokens_per_s", spread="tokens_per_s_iqr"),
+    "decode_tokens_per_s": Metric("tokens/s", True, "decode tokens/s", spread="decode_tokens_per_s_iqr",
+                                  noise="decode"),
+    "mbu": Metric("", True, "MBU (%)", percent=True, noise=None),
+    "latency_ms": Metric("ms", False, "latency (ms)", spread="latency_iqr_ms"),
+    "load_s": Metric("s", False, "load (s)"),
+    "kl_mean": Metric("nats", False, threshold="max_kl", noise="exact"),
+    "top1_agreement_pct": Metric("%", True, threshold="min_top1_agreement", noise="exact"),
     # Per task; compared item by item (paired) in points, so it has no relative noise default.
     "accuracy": Metric("pt", True, noise="paired"),
 }
+GATED_METRICS = tuple(name for name, metric in METRICS.items() if metric.noise is not None)
 
 # Relative between-run variation assumed for a metric while its baseline holds fewer than MIN_HISTORY runs, by
 # (device, mode). Measured on same-commit reruns (docs/results/cpu/regression-gate, docs/results/h200/regression-gate):

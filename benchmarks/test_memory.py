@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_quantbench.measure import unquantized_parameter_count
+from pytest_quantbench.trackers import unquantized_parameter_count
 
 
 @pytest.mark.quantbench(decodings=["greedy"])

@@ -51,7 +51,6 @@ class CompiledDecoder:
     fallback: str | None = None
     tuned: bool = False  # compiled with Inductor's coordinate-descent tuning
     attention: str | None = None  # the attention implementation the decode step ran
-    stats: dict = field(default_factory=dict)
 
     def _cache_for(self, batch: int, length: int):
         from transformers import StaticCache

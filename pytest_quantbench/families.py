@@ -44,8 +44,13 @@ CROSS_KV_PROJECTIONS = ("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.
 DEFAULT_IMAGE_SIZE = 224
 
 
-def get_family(name: str) -> Family:
-    return FAMILIES[name]
+def model_family(config) -> str:
+    """decoder, encoder-decoder or image-text, read from the model config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if getattr(config, "vision_config", None) is not None:
+        return "image-text"
+    return "decoder"
 
 
 def auto_class(family: str):
@@ -154,7 +159,7 @@ def high_precision_modules(model, family: str) -> dict:
     """What stays out of the quantized format, per module name pattern: the dtype, size (MB) and whether any of its
     layers is quantized. Covers the family's kept modules and transformers' `_keep_in_fp32_modules` (T5's `wo`,
     kept in fp32 against fp16 overflow, and left out of bitsandbytes quantization)."""
-    from .measure import model_footprint_mb
+    from .trackers import model_footprint_mb
 
     patterns = [*FAMILIES[family].keep_high_precision, *sorted(getattr(model, "_keep_in_fp32_modules", None) or ())]
     out: dict[str, dict] = {}

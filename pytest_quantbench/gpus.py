@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 
 
 def visible_gpus() -> list[str]:
@@ -17,6 +19,14 @@ def visible_gpus() -> list[str]:
         return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
     except Exception:  # noqa: BLE001  no NVML library or no driver: no GPUs to hand out
         return []
+
+
+def no_gpu_here() -> bool:
+    """True when this process certainly has no NVIDIA GPU to use, told without importing torch: CUDA_VISIBLE_DEVICES
+    hides every GPU, or (on Linux) the driver created no device file."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return True
+    return sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*")
 
 
 def worker_gpus(worker_id: str, gpus_per_worker: int, gpus: list[str]) -> list[str]:
@@ -48,7 +58,7 @@ def nvml_gpus() -> list[dict]:
         if entry.isdigit() and int(entry) < count:
             physical.append(int(entry))
         else:  # a UUID (or its prefix), as CUDA accepts
-            matches = [i for i, uuid in enumerate(uuids) if uuid.startswith(entry) or uuid.startswith(f"GPU-{entry}")]
+            matches = [i for i, uuid in enumerate(uuids) if uuid.startswith((entry, f"GPU-{entry}"))]
             if matches:
                 physical.append(matches[0])
     gpus = []

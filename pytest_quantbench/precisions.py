@@ -6,12 +6,13 @@ entry's own (a compute dtype for nf4@fp16, a memory budget for offload@2GB, bits
 gptq@4bit,g64,marlin), and `+flag` switches an option on (nf4+dq: double quantization; gptq+desc: act-order;
 nf4+vision: an image-text model's vision tower quantized too, which families.py otherwise keeps in higher precision).
 
-An entry loads in up to five steps, each optional:
-  prepare(precision, source_dir, device) -> a directory to load instead (e.g. GPTQ quantized once and cached on disk)
+An entry loads in up to five steps; `build` is required, the others optional:
   build(precision, device) -> from_pretrained keyword arguments (dtype, quantization_config)
+  prepare(precision, source_dir, device, calibration) -> (the directory to load instead, the from_pretrained
+      arguments for it), e.g. GPTQ quantized once and cached on disk, loaded with a kernel its layer widths allow
   placement(precision, checkpoint, device) -> device_map and max_memory read off the checkpoint (offload)
-  keep_layers(precision, device, kwargs, skeleton) -> layers a kernel here cannot take, left out of quantization
-  after_load(precision, model, device) -> the model quantized in place after loading (e.g. HQQ)
+  keep_layers(precision, device, kwargs, skeleton) -> (layers a kernel here cannot take, left out of quantization, why)
+  after_load(precision, model, device) -> (the model, what ran: kernel, quantize_s), e.g. HQQ quantizing in place
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ class Precision:
     parse_arg: Callable[[str], dict] | None = None  # '@arg' -> option values; ValueError when invalid
     flags: tuple[str, ...] = ()  # '+flag' names this entry accepts
     options: tuple[tuple[str, Any], ...] = ()  # defaults, then what '@arg' and '+flag' set
-    prepare: Callable[[Precision, Path, str], Path] | None = None
+    prepare: Callable[[Precision, Path, str, Any], tuple[Path, dict]] | None = None
     placement: Callable[[Precision, Path, str], dict] | None = None  # device_map/max_memory from the checkpoint
-    after_load: Callable[[Precision, Any, str], Any] | None = None
+    after_load: Callable[[Precision, Any, str], tuple[Any, dict]] | None = None
     # (precision, device, from_pretrained kwargs, skeleton: () -> the model on the meta device) -> (layer names kept
     # out of quantization, why); it adds them to the kwargs' quantization config
     keep_layers: Callable[[Precision, str, dict, Callable[[], Any]], tuple[list[str], str]] | None = None
@@ -319,32 +320,35 @@ def _parse_group(arg: str) -> dict:
     return {"group_size": int(match[1])}
 
 
-def _hqq_after_load(precision: Precision, model, device: str):
-    from .quantize import hqq_after_load
+def _hqq_after_load(precision: Precision, model, device: str) -> tuple[Any, dict]:
+    from .quantize import hqq_quantize
 
-    return hqq_after_load(precision, model, device)
+    dtype = precision.resolved_compute_dtype(device)
+    info = hqq_quantize(model, precision.option("bits", 4), precision.option("group_size", 64), torch_dtype(dtype),
+                        device)
+    return model, {**info, "compute_dtype": dtype}
 
 
 def _gptqmodel(method: str) -> dict:
     """Registry fields shared by GPTQ and AWQ: quantized once through GPTQModel, cached, loaded by transformers."""
 
-    prepared: dict = {}  # the checkpoint `prepare` made, for `build` (called right after it) to pick a kernel
 
-    def prepare(precision: Precision, source: Path, device: str) -> Path:
-        from .quantize import gptqmodel_checkpoint
+    def prepare(precision: Precision, source: Path, device: str, calibration) -> tuple[Path, dict]:
+        from .quantize import gptqmodel_checkpoint, gptqmodel_load_kwargs
 
-        prepared["checkpoint"] = gptqmodel_checkpoint(method, precision, source, device)
-        return prepared["checkpoint"]
+        options = dict(precision.options)
+        checkpoint = gptqmodel_checkpoint(method, precision.name, options, source, device, calibration)
+        return checkpoint, gptqmodel_load_kwargs(method, options, device, checkpoint)
 
     def build(precision: Precision, device: str) -> dict:
         from .quantize import gptqmodel_load_kwargs
 
-        return gptqmodel_load_kwargs(method, precision, device, prepared.pop("checkpoint", None))
+        return gptqmodel_load_kwargs(method, dict(precision.options), device)
 
-    def after_load(precision: Precision, model, device: str):
-        from .quantize import gptqmodel_after_load
+    def after_load(precision: Precision, model, device: str) -> tuple[Any, dict]:
+        from .quantize import gptqmodel_info
 
-        return gptqmodel_after_load(method, precision, model, device)
+        return model, gptqmodel_info(model, device)
 
     return {"prepare": prepare, "build": build, "after_load": after_load,
             "requires": ("gptqmodel", "optimum"), "library": "GPTQModel",

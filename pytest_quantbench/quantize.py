@@ -2,11 +2,11 @@
 
 GPTQ and AWQ go through GPTQModel (transformers 5 loads both formats through it; auto-gptq and autoawq are archived
 and do not install beside current torch). A model is quantized once from a calibration set and cached on disk
-under `models.cache_root()/quantized/<key>`; a checkpoint that is already GPTQ or AWQ is loaded as it is.
+under `cache.cache_root()/quantized/<key>`; a checkpoint that is already GPTQ or AWQ is loaded as it is.
 HQQ needs no calibration: it replaces the loaded model's linear layers in place.
 
-Each function leaves a small `quantbench.json` (or, for HQQ, `model.quantbench_info`) saying how long quantization
-took and which kernel runs, which the fixture copies into the record.
+The functions take plain arguments (a precision's options as a dict, the calibration set-up); what they report
+(quantization time, the kernel that runs) they return, and the record takes it from the model handle.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .models import ModelLoadError, cache_root
+from .cache import cache_root
+from .errors import ModelLoadError
 
 DATA = Path(__file__).parent / "data"
 INFO_FILE = "quantbench.json"
@@ -49,14 +50,7 @@ class Calibration:
         return DATA / "calibration.txt"
 
 
-# Module-level, set by the session from --qb-calibration-samples, --qb-calibration-seq-len and --qb-data-dir, so
-# that the precision registry's prepare(precision, source, device) signature stays the same for every entry.
-CALIBRATION = Calibration()
 _MADE_HERE: set[str] = set()  # checkpoints this process quantized (their load_s includes quantize_s)
-
-
-def configure(samples: int, seq_len: int, data_dir: Path | None) -> None:
-    CALIBRATION.samples, CALIBRATION.seq_len, CALIBRATION.data_dir = samples, seq_len, data_dir
 
 
 # ---------------------------------------------------------------------------------------------------- GPTQ and AWQ
@@ -103,10 +97,10 @@ def _fingerprint(source: Path) -> str:
     return digest.hexdigest()
 
 
-def quant_settings(method: str, precision) -> dict:
+def quant_settings(options: dict) -> dict:
     """What GPTQModel is asked for, from the precision's options (@4bit,g64, +desc, +asym)."""
-    return {"bits": precision.option("bits", 4), "group_size": precision.option("group_size", 64),
-            "desc_act": bool(precision.option("desc", False)), "sym": not precision.option("asym", False)}
+    return {"bits": options.get("bits", 4), "group_size": options.get("group_size", 64),
+            "desc_act": bool(options.get("desc", False)), "sym": not options.get("asym", False)}
 
 
 def calibration_samples(tokenizer, calibration: Calibration) -> list[dict]:
@@ -153,30 +147,31 @@ def _set_cpu_workers() -> None:
     os.environ.update(_worker_env())
 
 
-def gptqmodel_checkpoint(method: str, precision, source_dir: Path, device: str) -> Path:
-    """The directory to load for `precision`: `source_dir` itself when it is already a GPTQ/AWQ checkpoint, else
-    the cached quantization of it (made now, once, when missing)."""
+def gptqmodel_checkpoint(method: str, name: str, options: dict, source_dir: Path, device: str,
+                         calibration: Calibration) -> Path:
+    """The directory to load for the precision `name`: `source_dir` itself when it is already a GPTQ/AWQ
+    checkpoint, else the cached quantization of it (made now, once, when missing)."""
     config = _read_config(source_dir)
     existing = (config.get("quantization_config") or {}).get("quant_method")
     if existing:
         if existing != method:
             raise ModelLoadError(f"{source_dir} is already quantized with {existing}; it cannot be loaded as "
-                                 f"{precision.name} (use --qb-precision {existing} for it)")
+                                 f"{name} (use --qb-precision {existing} for it)")
         return Path(source_dir)
-    settings = quant_settings(method, precision)
+    settings = quant_settings(options)
     check_group_size(config, settings["group_size"])
     if method == "awq":
         check_awq_widths(config)
-    name, parts = _cache_key(method, settings, source_dir, CALIBRATION)
-    target = cache_root() / "quantized" / name
+    key, parts = _cache_key(method, settings, source_dir, calibration)
+    target = cache_root() / "quantized" / key
     if (target / INFO_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        seconds = _quantize(method, settings, Path(source_dir), staging, device)
+        seconds = _quantize(method, settings, Path(source_dir), staging, device, calibration)
         info = {"quantize_s": round(seconds, 2), "device": device, "key": parts,
-                "calibration_file": CALIBRATION.text_file().name}
+                "calibration_file": calibration.text_file().name}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=1))
         try:
             staging.rename(target)
@@ -188,15 +183,15 @@ def gptqmodel_checkpoint(method: str, precision, source_dir: Path, device: str) 
     return target
 
 
-def _quantize(method: str, settings: dict, source: Path, target: Path, device: str) -> float:
+def _quantize(method: str, settings: dict, source: Path, target: Path, device: str, calibration: Calibration) -> float:
     """Quantize `source` into `target` in a child process; return the seconds quantization took (not load, save).
 
     A child process, because GPTQModel's worker pool ends the whole interpreter (os._exit) when a quantization step
     raises, which would take the pytest session down with it; the child also takes GPTQModel's environment changes,
     threads and quantization-time memory with it when it ends."""
     job = {"method": method, "settings": settings, "source": str(source), "target": str(target), "device": device,
-           "samples": CALIBRATION.samples, "seq_len": CALIBRATION.seq_len,
-           "data_dir": str(CALIBRATION.data_dir) if CALIBRATION.data_dir else None}
+           "samples": calibration.samples, "seq_len": calibration.seq_len,
+           "data_dir": str(calibration.data_dir) if calibration.data_dir else None}
     with _removing_gptqmodel_tmp():
         done = subprocess.run([sys.executable, "-m", "pytest_quantbench.quantize", json.dumps(job)],
                               check=False, capture_output=True, text=True,
@@ -232,25 +227,25 @@ def _quantize_in_this_process(job: dict) -> None:
     (Path(job["target"]) / ".quantize_s").write_text(f"{seconds:.3f}")
 
 
-def gptqmodel_load_kwargs(method: str, precision, device: str, checkpoint: Path | None = None) -> dict:
+def gptqmodel_load_kwargs(method: str, options: dict, device: str, checkpoint: Path | None = None) -> dict:
     """from_pretrained arguments for a GPTQ/AWQ checkpoint (its quantization_config comes from its config.json).
 
     The compute dtype: bf16 on the CPU (GPTQModel's CPU kernels are int4 x bf16; in fp32 they fall back to a path
     about 10x slower), fp16 on CUDA (the dtype every GPTQ/AWQ CUDA kernel supports). The kernel: the one the name
     asks for (gptq@marlin), else GPTQModel's own choice, except on CUDA where a layer is too narrow for the
     Hopper/Ampere kernels (see `cuda_backend`)."""
-    from .precisions import torch_dtype
+    import torch
 
     _set_cpu_workers()
-    kwargs = {"dtype": torch_dtype(compute_dtype(device))}
-    backend = kernel_backend(method, precision.option("kernel"))
+    kwargs = {"dtype": torch.float16 if compute_dtype(device) == "fp16" else torch.bfloat16}
+    backend = kernel_backend(method, options.get("kernel"))
     if backend is None and device == "cuda" and checkpoint is not None:
         backend = cuda_backend(method, checkpoint)
     if backend:
         from transformers import AwqConfig, GPTQConfig
 
         bits = (json.loads((checkpoint / "config.json").read_text())["quantization_config"].get("bits", 4)
-                if checkpoint is not None else precision.option("bits", 4))
+                if checkpoint is not None else options.get("bits", 4))
         kwargs["quantization_config"] = (GPTQConfig if method == "gptq" else AwqConfig)(bits=bits, backend=backend)
     return kwargs
 
@@ -300,9 +295,9 @@ def quantized_kernels(model) -> list[str]:
     return sorted(names)
 
 
-def gptqmodel_after_load(method: str, precision, model, device: str):
-    """Record what ran: quantization time and settings from the checkpoint's quantbench.json (none for a
-    pre-quantized checkpoint), and the GPTQModel kernel class the loaded layers use."""
+def gptqmodel_info(model, device: str) -> dict:
+    """What ran: quantization time and settings from the checkpoint's quantbench.json (none for a pre-quantized
+    checkpoint), and the GPTQModel kernel class the loaded layers use."""
     checkpoint = Path(model.name_or_path)
     made_now = str(checkpoint) in _MADE_HERE
     _MADE_HERE.discard(str(checkpoint))  # a later load in this process reads it from the cache
@@ -310,7 +305,7 @@ def gptqmodel_after_load(method: str, precision, model, device: str):
     info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     config = getattr(model.config, "quantization_config", None)
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    model.quantbench_info = {
+    return {
         "kernel": ",".join(quantized_kernels(model)) or "unknown",
         "checkpoint": ("quantized now" if made_now else "cached") if info else "pre-quantized",
         "checkpoint_dir": str(checkpoint),
@@ -320,22 +315,18 @@ def gptqmodel_after_load(method: str, precision, model, device: str):
         **({"quantize_s": info["quantize_s"], "calibration_samples": info["key"]["samples"],
             "calibration_seq_len": info["key"]["seq_len"]} if info else {}),
     }
-    return model
 
 
 # ------------------------------------------------------------------------------------------------------------ HQQ
 
 
-def hqq_after_load(precision, model, device: str):
-    """Replace the decoder's nn.Linear layers (not lm_head) with HQQ's HQQLinear: half-quadratic quantization of
-    the weights, no calibration. The compute dtype is fp32 on the CPU, bf16 on CUDA (or the @dtype asked for)."""
+def hqq_quantize(model, bits: int, group: int, dtype, device: str) -> dict:
+    """Replace the decoder's nn.Linear layers (not lm_head) in place with HQQ's HQQLinear: half-quadratic
+    quantization of the weights to `bits` in groups of `group`, no calibration, computing in `dtype` (a torch
+    dtype). Returns what ran: the kernel and the seconds it took."""
     import torch
     from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-    from .precisions import torch_dtype
-
-    bits, group = precision.option("bits", 4), precision.option("group_size", 64)
-    dtype = torch_dtype(precision.resolved_compute_dtype(device))
     config = BaseQuantizeConfig(nbits=bits, group_size=group)
     start = time.perf_counter()
     for parent in list(model.get_decoder().modules()):
@@ -352,10 +343,7 @@ def hqq_after_load(precision, model, device: str):
                 if isinstance(layer.meta.get(key), torch.Tensor):
                     layer.register_buffer(f"meta_{key}", layer.meta[key], persistent=False)
             setattr(parent, name, layer)
-    model.quantbench_info = {"kernel": f"HQQLinear ({HQQLinear.backend.name.lower()})", "compute_dtype":
-                             precision.resolved_compute_dtype(device),
-                             "quantize_s": round(time.perf_counter() - start, 2)}
-    return model
+    return {"kernel": f"HQQLinear ({HQQLinear.backend.name.lower()})", "quantize_s": round(time.perf_counter() - start, 2)}
 
 
 if __name__ == "__main__":  # the child process of _quantize

@@ -24,7 +24,16 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import GATED_METRICS, HISTORY_RUNS, METRICS, MIN_HISTORY, NOISE_DEFAULTS, Record, load_report, write_atomic
+from .results import (
+    GATED_METRICS,
+    HISTORY_RUNS,
+    METRICS,
+    MIN_HISTORY,
+    NOISE_DEFAULTS,
+    Record,
+    load_report,
+    write_atomic,
+)
 from .thresholds import Check
 
 ALPHA = 0.001  # false-alarm probability per metric and test once the baseline's own spread is known

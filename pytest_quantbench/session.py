@@ -1,15 +1,15 @@
-"""Session-wide state: settings, the model cache, accuracy results shared between tests, and the records."""
+"""Session-wide state: the matrix of cases, the model cache, task results shared between tests, and the records."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from .decoding import Decoding, parse_decoding
-from .models import ModelCache, ModelSpec, resolve_models
-from .precisions import Precision, parse_precision
+from .decoding import Decoding
+from .models import ModelCache, ModelSpec
+from .precisions import Precision
 from .results import Record
-from .settings import Settings, read_settings, split_list
+from .settings import Settings, split_list
 
 
 def k_safe(text: str) -> str:
@@ -35,15 +35,18 @@ class Case:
 
 
 class QuantbenchSession:
-    def __init__(self, config):
+    """The state of one pytest session: its settings, the model cache, task results shared between tests, and the
+    records every finished test leaves."""
+
+    def __init__(self, config, settings: Settings):
         self.config = config
-        self._settings: Settings | None = None
+        self.settings = settings
         self._cache: ModelCache | None = None
         self.records: list[Record] = []
+        self.report_paths: list = []
         self.task_results: dict[tuple, object] = {}  # (model, precision, task, decoding, limit, tokens) -> TaskResult
         self.unavailable: dict[str, str] = {}  # task -> why its data is missing (looked for once per session)
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self._baseline: dict | None = None
         self._device_name: str | None = None
         self._summaries = None  # fidelity.SummaryCache: the baseline's next-token summaries
 
@@ -57,55 +60,39 @@ class QuantbenchSession:
 
     def regression_checks(self, record) -> list:
         """Checks of `record` against the same test in the --qb-baseline file (none without one)."""
-        from .regression import gate, load_baseline
+        from .regression import gate
 
-        path = self.settings.baseline_file
-        if path is None:
+        if self.settings.baseline is None:
             return []
-        if self._baseline is None:
-            self._baseline = load_baseline(path)
-        return gate(self._baseline, record, self.settings.fail_on, self.settings.force_baseline)
-
-    @property
-    def settings(self) -> Settings:
-        """Built on first use, so pytest runs that use no quantbench fixture never import torch."""
-        if self._settings is None:
-            self._settings = read_settings(self.config)
-            from .quantize import configure  # GPTQ/AWQ read their calibration set-up from there
-
-            configure(self._settings.calibration_samples, self._settings.calibration_seq_len, self._settings.data_dir)
-        return self._settings
+        return gate(self.settings.baseline, record, self.settings.fail_on, self.settings.force_baseline)
 
     @property
     def cache(self) -> ModelCache:
         if self._cache is None:
-            several_gpus = self.settings.device == "cuda" and self.settings.gpus_per_worker > 1
-            self._cache = ModelCache(self.settings.device, "auto" if several_gpus else None)
+            settings = self.settings
+            several_gpus = settings.device == "cuda" and settings.gpus_per_worker > 1
+            self._cache = ModelCache(settings.device, "auto" if several_gpus else None, settings.calibration)
         return self._cache
 
     def cases(self, models=None, precisions=None, decodings=None, modes=None) -> list[Case]:
-        """The session's matrix, narrowed to the names a test's marker allows (None: no narrowing)."""
+        """The session's matrix, narrowed to the names a test's marker allows (None: no narrowing; the marker's
+        names were checked at collection)."""
         settings = self.settings
-        specs = resolve_models(list(settings.models))
 
-        def narrow(selected, allowed):
+        def narrow(selected, allowed, name=lambda entry: entry.name):
             if allowed is None:
                 return list(selected)
             allowed = [a.lower() for a in split_list(list(allowed))]
-            return [s for s in selected if s.lower() in allowed]
+            return [s for s in selected if name(s).lower() in allowed]
 
-        for name in split_list(list(precisions or [])):
-            parse_precision(name)
-        for name in split_list(list(decodings or [])):
-            parse_decoding(name)
         show_mode = len(settings.modes) > 1
         return [
-            Case(spec, parse_precision(p), parse_decoding(d), mode, show_mode)
-            for spec in specs
+            Case(spec, precision, decoding, mode, show_mode)
+            for spec in settings.models
             if models is None or spec.name in models
-            for p in narrow(settings.precisions, precisions)
-            for d in narrow(settings.decodings, decodings)
-            for mode in narrow(settings.modes, modes)
+            for precision in narrow(settings.precisions, precisions)
+            for decoding in narrow(settings.decodings, decodings)
+            for mode in narrow(settings.modes, modes, name=str)
         ]
 
     def task_result(self, spec: ModelSpec, precision: Precision, task, decoding: Decoding, limit: int | None,
@@ -121,9 +108,8 @@ class QuantbenchSession:
                 raise DataUnavailable(self.unavailable[task.name])
             handle = handle or self.cache.get(spec, precision)
             torch.manual_seed(0)
-            generated = len(getattr(handle, "new_token_counts", ()))
-            result = task.evaluate(handle, decoding, limit, max_new_tokens, **self.task_options(task))
-            counts = list(getattr(handle, "new_token_counts", ()))[generated:]
+            with handle.counting_new_tokens() as counts:
+                result = task.evaluate(handle, decoding, limit, max_new_tokens, **self.task_options(task))
             if counts:  # what the output-length drift against the baseline is computed from
                 result.metrics.setdefault("mean_new_tokens", sum(counts) / len(counts))
             self.task_results[key] = result
@@ -132,7 +118,7 @@ class QuantbenchSession:
     def fidelity_summary(self, spec: ModelSpec, precision: Precision, source: dict, prompts: list[str] | None = None):
         """The baseline's next-token summary on the fidelity prompts (None: the built-in set): kept from earlier in the
         session, read from the disk cache, or computed (loading `precision`). `source` describes the weights."""
-        from .models import cache_root
+        from .cache import cache_root
         from .tasks import fidelity
 
         if self._summaries is None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .decoding import Decoding, parse_decoding
+from .models import ModelSpec, resolve_models
+from .precisions import Precision, parse_precision
+from .quantize import Calibration
+from .regression import Baseline, load_baseline, parse_tolerances
 from .results import DEFAULT_FAIL_ON
+from .thresholds import Thresholds, non_negative_number, threshold_value
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_PRECISIONS = {"cpu": "fp32,bf16,int8,nf4,fp4", "cuda": "bf16,fp16,int8,nf4,fp4"}
@@ -59,7 +64,7 @@ OPTIONS = [
      "fail when a perplexity task's word perplexity rises more than this many percent over the baseline's", None),
     ("--qb-save-baseline", "qb_save_baseline", "store this run's results in FILE for later comparison", None),
     ("--qb-baseline", "qb_baseline", "compare with the results stored in FILE; regressions fail their test", None),
-    ("--qb-fail-on", "qb_fail_on", ("regression tolerances against --qb-baseline; a change fails only beyond its "
+    ("--qb-fail-on", "qb_fail_on", ("regression tolerances against the baseline run; a change fails only beyond its "
      "tolerance and the measured noise of both runs"), DEFAULT_FAIL_ON),
     ("--qb-force-baseline", "qb_force_baseline", "compare with a baseline measured on another device model", None),
     ("--qb-gpus-per-worker", "qb_gpus_per_worker", ("GPUs each pytest-xdist worker owns (CUDA_VISIBLE_DEVICES); "
@@ -90,32 +95,13 @@ def add_options(addoption, addini) -> None:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Limits a test is held to; None means unchecked."""
-
-    max_accuracy_drop: float | None = None
-    max_memory_mb: float | None = None
-    max_footprint_mb: float | None = None
-    min_tokens_per_s: float | None = None
-    max_ms_per_token: float | None = None
-    max_perplexity_increase: float | None = None  # percent, for tasks without accuracy (perplexity)
-    max_kl: float | None = None  # mean KL divergence from the baseline precision, nats
-    min_top1_agreement: float | None = None  # percent of positions whose top token matches the baseline's
-    drop_test: str | None = None  # "point" (None) or "significant": when an accuracy drop fails
-
-    def updated(self, **overrides) -> Thresholds:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return dataclasses.replace(self, **{k: _threshold_value(k, v) for k, v in overrides.items()})
-
-
-@dataclass(frozen=True)
 class Settings:
-    models: tuple[str, ...]
-    precisions: tuple[str, ...]
-    decodings: tuple[str, ...]
+    """Every option parsed once, in pytest_configure: names resolved to models, precisions and decodings, the
+    device resolved, the baseline file read."""
+
+    models: tuple[ModelSpec, ...]
+    precisions: tuple[Precision, ...]
+    decodings: tuple[Decoding, ...]
     device: str
     max_new_tokens: int
     limit: int | None
@@ -123,9 +109,10 @@ class Settings:
     report_dir: Path
     warmup: int
     repeats: int
-    baseline_precision: str
+    baseline_precision: Precision
     thresholds: Thresholds
     baseline_file: Path | None = None
+    baseline: Baseline | None = None  # what --qb-baseline holds, read at start
     save_baseline_file: Path | None = None
     fail_on: dict = dataclasses.field(default_factory=dict)  # metric -> regression.Tolerance
     force_baseline: bool = False
@@ -136,9 +123,9 @@ class Settings:
     modes: tuple[str, ...] = ("eager",)
     target_cv: float = 0.03
     max_time_s: float = 10.0
-    calibration_samples: int = 16  # GPTQ/AWQ (quantize.py)
-    calibration_seq_len: int = 128
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)  # GPTQ/AWQ (quantize.py)
     sandbox: str = "bwrap"  # the code tasks' boundary: bwrap or guard
+    shard: tuple[int, int] | None = None  # (K, N): the K-th of N parts of the matrix
 
 
 def split_list(value: str | list[str] | None) -> list[str]:
@@ -156,12 +143,16 @@ def split_models(value: str | list[str] | None) -> list[str]:
 
 
 def resolve_device(name: str) -> str:
-    """auto -> cuda when a GPU is visible, else cpu."""
+    """auto -> cuda when a GPU is visible, else cpu. torch is imported only where a GPU may be present."""
     name = name.strip().lower()
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     if name != "auto":
         return name
+    from .gpus import no_gpu_here
+
+    if no_gpu_here():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -180,9 +171,6 @@ INT_MINIMUMS = {
     "qb_calibration_samples": (1, ""),
     "qb_calibration_seq_len": (8, ""),
 }
-FLOAT_OPTIONS = ("qb_target_cv", "qb_max_time")  # non-negative and finite, like every threshold
-# Thresholds that are percentages (points) cannot exceed 100.
-PERCENT_THRESHOLDS = ("max_accuracy_drop", "min_top1_agreement")
 
 
 def _flag(key: str) -> str:
@@ -207,18 +195,6 @@ def _int_option(get, key: str) -> int | None:
     return None if value is None else _int_at_least(_flag(key), value, *INT_MINIMUMS[key])
 
 
-def _float_or_none(name: str, value: str | None) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:  # a NaN limit compares False and would switch its check off
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
-
-
 def _getter(config):
     def get(ini: str):
         value = config.getoption(ini)
@@ -229,20 +205,6 @@ def _getter(config):
     return get
 
 
-DROP_TESTS = ("point", "significant")
-
-
-def parse_drop_test(value) -> str | None:
-    """'point' (the drop's point estimate is held to the limit) or 'significant' (it fails only when the paired
-    interval excludes zero too); None when unset."""
-    if value in (None, ""):
-        return None
-    name = str(value).strip().lower()
-    if name not in DROP_TESTS:
-        raise ValueError(f"unknown drop test {value!r}; valid: {', '.join(DROP_TESTS)}")
-    return name
-
-
 def parse_sandbox(value) -> str:
     """'bwrap' (the default) or 'guard'."""
     from .sandbox import BOUNDARIES
@@ -251,17 +213,6 @@ def parse_sandbox(value) -> str:
     if name not in BOUNDARIES:
         raise ValueError(f"unknown sandbox {value!r}; valid: {', '.join(BOUNDARIES)}")
     return name
-
-
-def _threshold_value(name: str, value, label: str | None = None):
-    """A threshold from a marker keyword (`name`) or an option (`label`): a finite number >= 0, at most 100 for
-    the ones in percentage points; ValueError naming it otherwise."""
-    if name == "drop_test":
-        return parse_drop_test(value)
-    number = _float_or_none(label or name, value)
-    if number is not None and name in PERCENT_THRESHOLDS and number > 100:
-        raise ValueError(f"{label or name} is in percentage points (0-100), got {value!r}")
-    return number
 
 
 def check_modes(modes: list[str]) -> list[str]:
@@ -276,7 +227,7 @@ def check_modes(modes: list[str]) -> list[str]:
 
 def _thresholds(get) -> Thresholds:
     names = (f.name for f in dataclasses.fields(Thresholds))
-    return Thresholds(**{key: _threshold_value(key, get(f"qb_{key}"), _flag(f"qb_{key}")) for key in names})
+    return Thresholds(**{key: threshold_value(key, get(f"qb_{key}"), _flag(f"qb_{key}")) for key in names})
 
 
 def _marker_names(key: str, value) -> list[str]:
@@ -297,9 +248,6 @@ def marker_keywords(narrowing: tuple[str, ...]) -> list[str]:
 def check_marker(kwargs: dict, narrowing: tuple[str, ...]) -> None:
     """A quantbench marker's keywords: names (models, precisions, decodings, modes, baseline) and thresholds;
     ValueError naming the bad one. Checked at collection, so a typo costs no model load."""
-    from .decoding import parse_decoding
-    from .precisions import parse_precision
-
     thresholds = [f.name for f in dataclasses.fields(Thresholds)]
     valid = marker_keywords(narrowing)
     unknown = sorted(set(kwargs) - set(valid))
@@ -327,91 +275,61 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def check_names(config) -> None:
-    """Validate every option early (no torch import): names, numbers and their ranges, models, the baseline file;
-    raises ValueError naming the option and what it accepts."""
-    from .decoding import parse_decoding
-    from .models import resolve_models
-    from .precisions import parse_precision
+def gpus_per_worker(config) -> int:
+    """--qb-gpus-per-worker, read before the settings: the GPUs are pinned before anything initializes CUDA."""
+    return _int_option(_getter(config), "qb_gpus_per_worker")
 
+
+def _models(get) -> tuple[ModelSpec, ...]:
+    models = get("qb_model")
+    if isinstance(models, list) and not all(m.strip() for m in models):  # `--qb-model "$UNSET"` beside others
+        models = []
+    return tuple(resolve_models(split_models(models)))
+
+
+def read_settings(config) -> Settings:
+    """Build Settings from a pytest config: command line first, then ini, then defaults. ValueError (or
+    ModelLoadError for a model source) naming the option and what it accepts; no model is loaded."""
     get = _getter(config)
-    for key in INT_MINIMUMS:
-        _int_option(get, key)
-    for key in FLOAT_OPTIONS:
-        _float_or_none(_flag(key), get(key))
     context, stride = _int_option(get, "qb_ppl_context"), _int_option(get, "qb_ppl_stride")
     if context and stride and stride > context:
         raise ValueError(f"--qb-ppl-stride {stride} is longer than --qb-ppl-context {context}: a window scores "
                          "`stride` new tokens within its context")
-    _thresholds(get)
     data_dir = get("qb_data_dir")
-    if data_dir and not Path(os.path.expanduser(data_dir)).is_dir():
-        raise ValueError(f"--qb-data-dir {data_dir!r} is not a directory")
-    models = get("qb_model")
-    if isinstance(models, list) and not all(m.strip() for m in models):  # `--qb-model "$UNSET"` beside others
-        models = []
-    resolve_models(split_models(models))
-    for name in split_list(get("qb_precision")) + split_list(get("qb_baseline_precision")):
-        parse_precision(name)
-    for name in split_list(get("qb_decoding")):
-        parse_decoding(name)
-    check_modes(split_list(get("qb_mode") or "eager"))
-    parse_drop_test(get("qb_drop_test"))
-    parse_sandbox(get("qb_sandbox"))
-    parse_shard(get("qb_shard"))
-    from .regression import load_baseline, parse_tolerances
-
-    parse_tolerances(get("qb_fail_on") or "")
-    if get("qb_baseline"):
-        load_baseline(Path(get("qb_baseline")))
-    resolve_device_name = (get("qb_device") or "auto").strip().lower()
-    if resolve_device_name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {resolve_device_name!r}; valid: auto, cpu, cuda")
-
-
-def read_settings(config) -> Settings:
-    """Build Settings from a pytest config: command line first, then ini, then defaults."""
-    from .decoding import parse_decoding
-    from .precisions import parse_precision
-    from .regression import parse_tolerances
-
-    get = _getter(config)
+    data_dir = Path(os.path.expanduser(data_dir)) if data_dir else None
+    if data_dir and not data_dir.is_dir():
+        raise ValueError(f"--qb-data-dir {get('qb_data_dir')!r} is not a directory")
+    models = _models(get)
     device = resolve_device(get("qb_device") or "auto")
-    precisions = split_list(get("qb_precision") or DEFAULT_PRECISIONS[device])
-    decodings = split_list(get("qb_decoding"))
-    for name in precisions:
-        parse_precision(name)
-    for name in decodings:
-        parse_decoding(name)
-    baseline = get("qb_baseline_precision") or DEFAULT_BASELINE[device]
-    parse_precision(baseline)
-    data_dir = get("qb_data_dir")
-    thresholds = _thresholds(get)
+    precisions = [parse_precision(n) for n in split_list(get("qb_precision") or DEFAULT_PRECISIONS[device])]
+    baseline_file = Path(get("qb_baseline")) if get("qb_baseline") else None
     return Settings(
-        models=tuple(split_models(get("qb_model"))),
-        precisions=tuple(dict.fromkeys(precisions)),
-        decodings=tuple(dict.fromkeys(decodings)),
+        models=models,
+        precisions=tuple({p.name: p for p in precisions}.values()),
+        decodings=tuple({d.name: d for d in map(parse_decoding, split_list(get("qb_decoding")))}.values()),
         device=device,
         max_new_tokens=_int_option(get, "qb_max_new_tokens"),
         limit=_int_option(get, "qb_limit"),
-        data_dir=Path(os.path.expanduser(data_dir)) if data_dir else None,
+        data_dir=data_dir,
         report_dir=Path(get("qb_report_dir")),
         warmup=_int_option(get, "qb_warmup"),
         repeats=_int_option(get, "qb_repeats"),
-        baseline_precision=baseline,
-        thresholds=thresholds,
-        baseline_file=Path(get("qb_baseline")) if get("qb_baseline") else None,
+        baseline_precision=parse_precision(get("qb_baseline_precision") or DEFAULT_BASELINE[device]),
+        thresholds=_thresholds(get),
+        baseline_file=baseline_file,
+        baseline=load_baseline(baseline_file) if baseline_file else None,
         save_baseline_file=Path(get("qb_save_baseline")) if get("qb_save_baseline") else None,
         fail_on=parse_tolerances(get("qb_fail_on") or ""),
         force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
         gpus_per_worker=_int_option(get, "qb_gpus_per_worker"),
-        ppl_context=_int_option(get, "qb_ppl_context"),
-        ppl_stride=_int_option(get, "qb_ppl_stride"),
+        ppl_context=context,
+        ppl_stride=stride,
         max_repeats=_int_option(get, "qb_max_repeats"),
         modes=tuple(dict.fromkeys(check_modes(split_list(get("qb_mode") or "eager")))),
-        target_cv=_float_or_none("--qb-target-cv", get("qb_target_cv")) or 0.0,
-        max_time_s=_float_or_none("--qb-max-time", get("qb_max_time")) or 0.0,
-        calibration_samples=_int_option(get, "qb_calibration_samples"),
-        calibration_seq_len=_int_option(get, "qb_calibration_seq_len"),
+        target_cv=non_negative_number("--qb-target-cv", get("qb_target_cv")) or 0.0,
+        max_time_s=non_negative_number("--qb-max-time", get("qb_max_time")) or 0.0,
+        calibration=Calibration(_int_option(get, "qb_calibration_samples"), _int_option(get, "qb_calibration_seq_len"),
+                                data_dir),
         sandbox=parse_sandbox(get("qb_sandbox")),
+        shard=parse_shard(get("qb_shard")),
     )

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .families import auto_class, model_family
+
 _QWEN = {"model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
          "max_position_embeddings": 32768}
 _LLAMA3 = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
@@ -152,8 +154,6 @@ def _stored_tensors(model, config_dict: dict):
 def _family(config_dict: dict) -> str:
     from transformers import AutoConfig
 
-    from .models import model_family
-
     return model_family(AutoConfig.for_model(**config_dict))
 
 
@@ -161,8 +161,6 @@ def _meta_model(config_dict: dict):
     """The architecture on the meta device, built by its family's auto class (causal LM, seq2seq, image-text)."""
     import torch
     from transformers import AutoConfig
-
-    from .families import auto_class
 
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):

@@ -1,12 +1,80 @@
-"""Thresholds -> checks that pass, or fail with the measured value, the limit and the baseline in the message."""
+"""Thresholds -> checks that pass, or fail with the measured value, the limit and the baseline in the message.
+
+`Thresholds` holds a test's limits (options, ini keys or its marker); `evaluate` holds what a test measured against
+them: its metrics (limits from results.METRICS' `threshold` field) and each task's outcome beside the baseline
+precision's (accuracy drop, perplexity increase)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .results import METRICS
-from .settings import Thresholds
-from .stats import power_note
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits a test is held to; None means unchecked."""
+
+    max_accuracy_drop: float | None = None
+    max_memory_mb: float | None = None
+    max_footprint_mb: float | None = None
+    min_tokens_per_s: float | None = None
+    max_ms_per_token: float | None = None
+    max_perplexity_increase: float | None = None  # percent, for tasks without accuracy (perplexity)
+    max_kl: float | None = None  # mean KL divergence from the baseline precision, nats
+    min_top1_agreement: float | None = None  # percent of positions whose top token matches the baseline's
+    drop_test: str | None = None  # "point" (None) or "significant": when an accuracy drop fails
+
+    def updated(self, **overrides) -> Thresholds:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return dataclasses.replace(self, **{k: threshold_value(k, v) for k, v in overrides.items()})
+
+
+# Thresholds that are percentages (points) cannot exceed 100.
+PERCENT_THRESHOLDS = ("max_accuracy_drop", "min_top1_agreement")
+
+
+def non_negative_number(name: str, value: str | None) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:  # a NaN limit compares False and would switch its check off
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+DROP_TESTS = ("point", "significant")
+
+
+def parse_drop_test(value) -> str | None:
+    """'point' (the drop's point estimate is held to the limit) or 'significant' (it fails only when the paired
+    interval excludes zero too); None when unset."""
+    if value in (None, ""):
+        return None
+    name = str(value).strip().lower()
+    if name not in DROP_TESTS:
+        raise ValueError(f"unknown drop test {value!r}; valid: {', '.join(DROP_TESTS)}")
+    return name
+
+
+def threshold_value(name: str, value, label: str | None = None):
+    """A threshold from a marker keyword (`name`) or an option (`label`): a finite number >= 0, at most 100 for
+    the ones in percentage points; ValueError naming it otherwise."""
+    if name == "drop_test":
+        return parse_drop_test(value)
+    number = non_negative_number(label or name, value)
+    if number is not None and name in PERCENT_THRESHOLDS and number > 100:
+        raise ValueError(f"{label or name} is in percentage points (0-100), got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -36,6 +104,8 @@ def accuracy_drop(task: str, precision: str, accuracy: float, baseline_precision
         message += (f" (paired {paired.confidence * 100:.0f}% CI [{paired.ci_low_pt:.1f}, {paired.ci_high_pt:.1f}] pt, "
                     f"McNemar p={paired.p_value:.3g}, {paired.n} items: {paired.verdict})")
     if paired is not None:
+        from .stats import power_note  # numpy: not imported by the plugin at start-up
+
         note = power_note(paired.n, (paired.flips_to_wrong + paired.flips_to_right) / paired.n, max_drop_pt)
         message += f"; {note}" if note else ""
     if drop_test == "significant" and over:
@@ -87,37 +157,44 @@ def at_least(metric: str, value: float, limit: float, unit: str, fmt: str = ".1f
     return Check(metric, passed, value, limit, message)
 
 
-def evaluate(thresholds: Thresholds, metrics: dict, precision: str, accuracies: dict[str, float],
-             baseline_precision: str, baseline_accuracies: dict[str, float], task_metrics: dict | None = None,
-             baseline_task_metrics: dict | None = None, paired: dict | None = None) -> list[Check]:
-    """Every check that applies to what a test measured; metrics it did not measure are not checked.
+@dataclass
+class TaskOutcome:
+    """One task's result on a case (a tasks.TaskResult, accuracy a fraction), and where a threshold compares it with
+    the baseline precision, the baseline's result on the same items and their paired comparison."""
 
-    `task_metrics`/`baseline_task_metrics` (task -> its result's metrics) let a baseline at chance go ungated and
-    give perplexity tasks their check; `paired` (task -> stats.PairedComparison) the accuracy drop its interval."""
+    result: Any
+    baseline: Any = None
+    baseline_precision: str | None = None
+    paired: Any = None  # stats.PairedComparison, when both have per-item outcomes
+
+
+def evaluate(thresholds: Thresholds, precision: str, metrics: dict, outcomes: dict[str, TaskOutcome]) -> list[Check]:
+    """Every check that applies to what a test measured; metrics it did not measure are not checked. A task's
+    drop is checked where its outcome has a baseline: not gated when the baseline is at chance."""
     checks = []
-    task_metrics, baseline_task_metrics = task_metrics or {}, baseline_task_metrics or {}
-    if thresholds.max_accuracy_drop is not None and precision != baseline_precision:
-        for task, accuracy in accuracies.items():
-            if task in baseline_accuracies and not clearly_above_chance(baseline_task_metrics.get(task, {})):
-                checks.append(at_chance(task, precision, accuracy, baseline_precision, baseline_task_metrics[task],
+    for task, outcome in outcomes.items():
+        result, base = outcome.result, outcome.baseline
+        if base is None:
+            continue
+        if thresholds.max_accuracy_drop is not None and result.accuracy is not None and base.accuracy is not None:
+            if not clearly_above_chance(base.metrics):
+                checks.append(at_chance(task, precision, result.accuracy, outcome.baseline_precision, base.metrics,
                                         thresholds.max_accuracy_drop))
-            elif task in baseline_accuracies:
-                checks.append(accuracy_drop(task, precision, accuracy, baseline_precision, baseline_accuracies[task],
-                                            thresholds.max_accuracy_drop, (paired or {}).get(task),
+            else:
+                checks.append(accuracy_drop(task, precision, result.accuracy, outcome.baseline_precision,
+                                            base.accuracy, thresholds.max_accuracy_drop, outcome.paired,
                                             thresholds.drop_test))
-    if thresholds.max_perplexity_increase is not None and precision != baseline_precision:
-        for task, measured in task_metrics.items():
-            base = baseline_task_metrics.get(task, {})
-            if "word_perplexity" in measured and "word_perplexity" in base:
-                checks.append(perplexity_increase(task, precision, measured["word_perplexity"], baseline_precision,
-                                                  base["word_perplexity"], thresholds.max_perplexity_increase))
+    for task, outcome in outcomes.items():
+        measured, base = outcome.result.metrics, outcome.baseline.metrics if outcome.baseline else {}
+        if thresholds.max_perplexity_increase is not None and "word_perplexity" in measured and \
+                "word_perplexity" in base:
+            checks.append(perplexity_increase(task, precision, measured["word_perplexity"],
+                                              outcome.baseline_precision, base["word_perplexity"],
+                                              thresholds.max_perplexity_increase))
     # Budgets; fidelity is against the baseline precision (the baseline itself scores 0 and 100%).
-    limits = {"peak_mem_mb": thresholds.max_memory_mb, "footprint_mb": thresholds.max_footprint_mb,
-              "ms_per_token": thresholds.max_ms_per_token, "tokens_per_s": thresholds.min_tokens_per_s,
-              "kl_mean": thresholds.max_kl, "top1_agreement_pct": thresholds.min_top1_agreement}
-    for metric, limit in limits.items():
+    for metric, spec in METRICS.items():
+        limit = getattr(thresholds, spec.threshold) if spec.threshold else None
         if limit is not None and metric in metrics:
-            spec = METRICS[metric]
             check = at_least if spec.higher_is_better else at_most
             checks.append(check(metric, metrics[metric], limit, spec.unit, fmt=".3g" if metric == "kl_mean" else ".1f"))
     return checks

@@ -60,7 +60,7 @@ case $stage in
   synthetic)  # write the synthetic checkpoints of PRESETS (e.g. "qwen2.5-7b qwen2.5-14b") ahead, one GPU each
     index=0
     for preset in ${PRESETS:?}; do
-      CUDA_VISIBLE_DEVICES=$index python3 -c "import sys; from pytest_quantbench.models import cache_root; \
+      CUDA_VISIBLE_DEVICES=$index python3 -c "import sys; from pytest_quantbench.cache import cache_root; \
 from pytest_quantbench.synthetic import materialize_synthetic; print(materialize_synthetic(sys.argv[1], cache_root())[0])" \
         "$preset" &
       index=$(( (index + 1) % ${GPUS:-1} ))

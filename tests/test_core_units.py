@@ -8,14 +8,15 @@ import time
 
 import pytest
 
-from pytest_quantbench import measure, thresholds
+from pytest_quantbench import measure, thresholds, trackers
 from pytest_quantbench.decoding import parse_decoding
 from pytest_quantbench.models import ModelLoadError, resolve_model
 from pytest_quantbench.precisions import Precision, parse_precision
 from pytest_quantbench.report.markdown import render
 from pytest_quantbench.results import Record, load_report, write_atomic
-from pytest_quantbench.settings import Thresholds, resolve_device, split_list
-from pytest_quantbench.tasks import get_task
+from pytest_quantbench.settings import resolve_device, split_list
+from pytest_quantbench.thresholds import Thresholds
+from pytest_quantbench.tasks import TaskResult, get_task
 from pytest_quantbench.tasks.generation import (
     DATA,
     DatasetError,
@@ -100,10 +101,10 @@ def test_summarize_hand_computed():
 
 
 def test_timer_and_memory_tracker():
-    with measure.Timer("cpu") as timer:
+    with trackers.Timer("cpu") as timer:
         time.sleep(0.05)
     assert 0.045 < timer.seconds < 0.5
-    with measure.MemoryTracker("cpu", interval=0.001) as tracker:
+    with trackers.MemoryTracker("cpu", interval=0.001) as tracker:
         block = bytearray(200 * 2**20)
         block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident
         time.sleep(0.05)
@@ -119,12 +120,12 @@ def test_model_footprint_counts_shared_storage_once():
     import torch
 
     linear = torch.nn.Linear(100, 50)  # 5000 + 50 float32
-    assert measure.model_footprint_mb(linear) == pytest.approx(5050 * 4 / 2**20)
+    assert trackers.model_footprint_mb(linear) == pytest.approx(5050 * 4 / 2**20)
     tied = torch.nn.Module()
     tied.a = torch.nn.Linear(100, 50, bias=False)
     tied.b = torch.nn.Linear(100, 50, bias=False)
     tied.b.weight = tied.a.weight
-    assert measure.model_footprint_mb(tied) == pytest.approx(5000 * 4 / 2**20)
+    assert trackers.model_footprint_mb(tied) == pytest.approx(5000 * 4 / 2**20)
 
 
 @pytest.mark.parametrize(("item", "response", "prediction", "correct"), [
@@ -224,9 +225,11 @@ def test_threshold_messages():
 
 def test_threshold_evaluate_checks_only_what_was_measured():
     limits = Thresholds(max_accuracy_drop=5, max_memory_mb=100, min_tokens_per_s=1)
-    checks = thresholds.evaluate(limits, {"tokens_per_s": 3.0}, "nf4", {"simple": 0.5}, "fp32", {"simple": 0.5})
+    half = TaskResult("simple", 0.5, 10)
+    outcome = thresholds.TaskOutcome(half, TaskResult("simple", 0.5, 10), "fp32")
+    checks = thresholds.evaluate(limits, "nf4", {"tokens_per_s": 3.0}, {"simple": outcome})
     assert [c.name for c in checks] == ["accuracy_drop[simple]", "tokens_per_s"]
-    same = thresholds.evaluate(limits, {}, "fp32", {"simple": 0.5}, "fp32", {"simple": 0.9})
+    same = thresholds.evaluate(limits, "fp32", {}, {"simple": thresholds.TaskOutcome(half)})  # no baseline to compare
     assert same == []
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_quantbench import quantize
 from pytest_quantbench.decoding import parse_decoding
-from pytest_quantbench.measure import unquantized_parameter_count
+from pytest_quantbench.trackers import unquantized_parameter_count
 from pytest_quantbench.models import ModelLoadError, load_model, resolve_model
 from pytest_quantbench.precisions import parse_precision
 
@@ -54,7 +54,8 @@ def test_prequantized_checkpoint_is_used_as_is(tmp_path, monkeypatch):
     monkeypatch.setattr(quantize, "_quantize", lambda *a: pytest.fail("re-quantized a GPTQ checkpoint"))
     assert quantize.gptqmodel_checkpoint("gptq", parse_precision("gptq"), tmp_path, "cpu") == tmp_path
     with pytest.raises(ModelLoadError, match="already quantized with gptq.*--qb-precision gptq"):
-        quantize.gptqmodel_checkpoint("awq", parse_precision("awq"), tmp_path, "cpu")
+        quantize.gptqmodel_checkpoint("awq", "awq", dict(parse_precision("awq").options), tmp_path, "cpu",
+                                      quantize.Calibration())
 
 
 def test_quant_settings_from_the_name():
@@ -104,15 +105,13 @@ def test_awq_needs_output_widths_divisible_by_64(tmp_path):
         quantize.check_awq_widths(tiny)
     (tmp_path / "config.json").write_text(json.dumps(tiny))
     with pytest.raises(ModelLoadError, match="divisible by 64"):
-        quantize.gptqmodel_checkpoint("awq", parse_precision("awq"), tmp_path, "cpu")
+        quantize.gptqmodel_checkpoint("awq", "awq", dict(parse_precision("awq").options), tmp_path, "cpu",
+                                      quantize.Calibration())
 
 
 @pytest.fixture
 def small_calibration():
-    saved = dataclasses.replace(quantize.CALIBRATION)
-    quantize.configure(*SMALL_CALIBRATION, None)
-    yield
-    quantize.configure(saved.samples, saved.seq_len, saved.data_dir)
+    return quantize.Calibration(*SMALL_CALIBRATION)
 
 
 def _greedy(handle, prompt="What is the capital of France?", tokens=8):
@@ -132,7 +131,7 @@ def test_quantizes_once_then_loads_from_the_cache(tiny_quantizable_dir, tmp_path
     monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path / "cache"))
     scratch = _gptqmodel_scratch()
     spec = resolve_model(f"tiny={tiny_quantizable_dir}")
-    first = load_model(spec, parse_precision(method), "cpu")
+    first = load_model(spec, parse_precision(method), "cpu", calibration=small_calibration)
     info = first.extra
     assert info["checkpoint"] == "quantized now" and info["quantize_s"] > 0
     assert info["kernel"] not in ("", "unknown") and (info["bits"], info["group_size"]) == (4, 64)
@@ -147,7 +146,7 @@ def test_quantizes_once_then_loads_from_the_cache(tiny_quantizable_dir, tmp_path
     del first
     gc.collect()
 
-    second = load_model(spec, parse_precision(method), "cpu")
+    second = load_model(spec, parse_precision(method), "cpu", calibration=small_calibration)
     assert second.extra["checkpoint"] == "cached" and second.extra["quantize_s"] == info["quantize_s"]
     assert [p.name for p in (tmp_path / "cache" / "quantized").iterdir()] == [checkpoint.name]  # no staging left
     del second
@@ -162,7 +161,7 @@ def test_smollm2_answers_after_quantization(smollm2_dir, small_calibration, tmp_
     """SmolLM2 in 4 bits still knows Paris. The checkpoint goes to the shared cache, so only a machine's first run
     pays for quantization (on 2 CPU cores about 1-2 min for GPTQ, several minutes for AWQ)."""
     spec = resolve_model(f"smollm2-135m={smollm2_dir}")
-    handle = load_model(spec, parse_precision(method), "cpu")
+    handle = load_model(spec, parse_precision(method), "cpu", calibration=small_calibration)
     info = handle.extra
     assert info["checkpoint"] in ("quantized now", "cached") and info["quantize_s"] > 0
     assert "Paris" in _greedy(handle, tokens=12)
@@ -170,13 +169,13 @@ def test_smollm2_answers_after_quantization(smollm2_dir, small_calibration, tmp_
     del handle
     gc.collect()
     start = time.perf_counter()
-    again = load_model(spec, parse_precision(method), "cpu")
+    again = load_model(spec, parse_precision(method), "cpu", calibration=small_calibration)
     assert again.extra["checkpoint"] == "cached" and time.perf_counter() - start < 120
     del again
     gc.collect()
     # A copy without our quantbench.json is a pre-quantized checkpoint like a hub one: loaded as it is.
     shutil.copytree(info["checkpoint_dir"], tmp_path / "pre", ignore=shutil.ignore_patterns(quantize.INFO_FILE))
-    prequantized = load_model(resolve_model(f"pre={tmp_path / 'pre'}"), parse_precision(method), "cpu")
+    prequantized = load_model(resolve_model(f"pre={tmp_path / 'pre'}"), parse_precision(method), "cpu", calibration=small_calibration)
     assert prequantized.extra["checkpoint"] == "pre-quantized" and "quantize_s" not in prequantized.extra
 
 
@@ -246,9 +245,9 @@ def test_cuda_kernel_choice_avoids_machete_for_narrow_layers(tmp_path):
     assert cuda_backend("gptq", smollm2) == "gptq_triton"  # k/v 3 x 64 = 192 wide: not a multiple of 128
     assert cuda_backend("awq", smollm2) == "gemm_triton"
     assert cuda_backend("gptq", qwen) is None  # every width fits: GPTQModel chooses
-    kwargs = gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cuda", smollm2)
+    kwargs = gptqmodel_load_kwargs("gptq", dict(parse_precision("gptq").options), "cuda", smollm2)
     assert kwargs["quantization_config"].backend == "gptq_triton" and kwargs["quantization_config"].bits == 4
-    assert "quantization_config" not in gptqmodel_load_kwargs("gptq", parse_precision("gptq"), "cpu", smollm2)
+    assert "quantization_config" not in gptqmodel_load_kwargs("gptq", dict(parse_precision("gptq").options), "cpu", smollm2)
 
 
 def test_kernel_asked_for_by_name_goes_to_gptqmodel(tmp_path):
@@ -259,7 +258,7 @@ def test_kernel_asked_for_by_name_goes_to_gptqmodel(tmp_path):
     with pytest.raises(ValueError, match="triton, marlin"):  # an AWQ kernel named for GPTQ: the valid ones listed
         parse_precision("gptq@gemv_fast")
     for name, backend in (("gptq@torch", "gptq_torch"), ("awq@torch", "torch_awq"), ("awq@gemm_triton", "gemm_triton")):
-        kwargs = gptqmodel_load_kwargs(name.split("@")[0], parse_precision(name), "cpu", None)
+        kwargs = gptqmodel_load_kwargs(name.split("@")[0], dict(parse_precision(name).options), "cpu", None)
         assert kwargs["quantization_config"].backend == backend  # on any device, not only where widths force it
 
 

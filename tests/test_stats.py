@@ -6,9 +6,9 @@ from math import comb
 
 import pytest
 
-from pytest_quantbench.settings import Thresholds, parse_drop_test
 from pytest_quantbench.stats import compare_paired, mcnemar_exact, paired_bootstrap, pass_at_k
-from pytest_quantbench.thresholds import accuracy_drop, evaluate
+from pytest_quantbench.tasks import TaskResult
+from pytest_quantbench.thresholds import TaskOutcome, Thresholds, accuracy_drop, evaluate, parse_drop_test
 
 
 @pytest.mark.parametrize(("n", "c", "k", "expected"), [
@@ -119,8 +119,8 @@ def test_accuracy_drop_modes():
 def test_thresholds_evaluate_passes_paired_results_and_fidelity_limits():
     thresholds = Thresholds(max_accuracy_drop=0.5, drop_test="significant", max_kl=0.01, min_top1_agreement=90)
     paired = compare_paired([True] * 60 + [False] * 40, [False] + [True] * 59 + [False] * 40)
-    checks = evaluate(thresholds, {"kl_mean": 0.02, "top1_agreement_pct": 95.0}, "nf4", {"arc": 0.59}, "fp32",
-                      {"arc": 0.60}, paired={"arc": paired})
+    outcome = TaskOutcome(TaskResult("arc", 0.59, 100), TaskResult("arc", 0.60, 100), "fp32", paired)
+    checks = evaluate(thresholds, "nf4", {"kl_mean": 0.02, "top1_agreement_pct": 95.0}, {"arc": outcome})
     by_name = {c.name: c for c in checks}
     assert by_name["accuracy_drop[arc]"].passed
     assert not by_name["kl_mean"].passed and "0.02 nats > limit 0.01 nats" in by_name["kl_mean"].message

@@ -1,6 +1,8 @@
-"""On-disk cache of log-likelihood results (the baseline's scores are the expensive part of a session that
-re-evaluates the baseline precision for every threshold).
+"""Where quantbench keeps what it computed once (converted GGUFs, quantized checkpoints, synthetic models, scores,
+fidelity summaries), file hashes, and the on-disk cache of log-likelihood results.
 
+The score cache: the baseline's scores are the expensive part of a session that re-evaluates the baseline precision
+for every threshold.
 The key holds everything that changes a number: the model's identity (file sha256 or hub revision), the precision
 and its parameters, the device, the versions of torch, transformers, bitsandbytes and this package, this cache's
 format, and the exact request texts (so a change of prompt format, few-shot examples or task version that changes a
@@ -16,20 +18,25 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from .models import cache_root
-from .results import write_atomic
+from .results import package_version, write_atomic
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QB_CACHE_DIR") or Path.home() / ".cache" / "pytest_quantbench")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 FORMAT = 1  # bump when scoring.py changes a number
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "pytest-quantbench")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def identity(handle) -> dict | None:
@@ -41,7 +48,7 @@ def identity(handle) -> dict | None:
     precision = handle.precision
     params = precision.params(handle.device) if hasattr(precision, "params") else {}
     return {"format": FORMAT, "source": source, "precision": precision.name, "params": params,
-            "device": handle.device, "versions": {name: _version(name) for name in LIBRARIES}}
+            "device": handle.device, "versions": {name: package_version(name) for name in LIBRARIES}}
 
 
 def cache_key(ident: dict, kind: str, payload) -> str:

@@ -8,17 +8,9 @@ import sys
 from pathlib import Path
 
 from .regression import gate, load_baseline, parse_tolerances
-from .report.writer import JSON_NAME, models_info, write_reports
-from .results import (
-    DEFAULT_FAIL_ON,
-    METRICS,
-    Record,
-    journal_environment,
-    load_report,
-    package_version,
-    report_dict,
-    write_atomic,
-)
+from .report.writer import write_reports
+from .results import METRICS, Record, journal_environment, load_report, package_version
+from .settings import OPTIONS
 
 
 def _records(data: dict) -> list[Record]:
@@ -84,7 +76,7 @@ def cmd_compare(args) -> int:
             return 2
         for check in checks:
             metric = check.name.removeprefix("regression[")[:-1]
-            unit = "pt" if metric.startswith("accuracy[") else METRICS[metric].unit  # accuracy: percent, changes in pt
+            unit = METRICS[metric.partition("[")[0]].unit  # accuracy[task]: a percent, its changes in pt
             rows.append({"test": test, "metric": metric, "unit": unit, "baseline": check.baseline,
                          "new": check.measured, "regression": not check.passed, "message": check.message})
     only_base = sorted(set(baseline.records) - set(new))
@@ -124,11 +116,7 @@ def cmd_merge(args) -> int:
                 records.append(record)
         sources.append({"file": name, "environment": data.get("environment", {})})
     out = Path(args.out)
-    merged = report_dict(records, sources[0]["environment"], models_info(records))
-    merged["merged_from"] = sources
-    write_atomic(out / JSON_NAME, json.dumps(merged, indent=2, default=str) + "\n")
-    # Markdown, CSV, plots and the HTML page: what a session writes
-    write_reports(records, out, "", env=sources[0]["environment"], write_json=False)
+    write_reports(records, out, "", env=sources[0]["environment"], merged_from=sources)
     print(f"merged {len(records)} records from {len(sources)} reports into {out}")
     if dropped:
         print(f"dropped {dropped} records identical to one already merged")
@@ -194,6 +182,16 @@ def cmd_list(args) -> int:
     return 0
 
 
+def add_plugin_option(parser: argparse.ArgumentParser, flag: str, plugin_flag: str, what: str = "", **kwargs) -> None:
+    """`flag` with the help and default of the plugin's `plugin_flag` in settings.OPTIONS, so both mean one thing;
+    `what` says what it is for here, `kwargs` go to argparse (an action, or a default the action needs)."""
+    _, _, help_text, default = next(entry for entry in OPTIONS if entry[0] == plugin_flag)
+    if default is not None and "default" not in help_text:
+        help_text = f"{help_text}. Default: {default}"
+    help_text = f"{what}: {help_text}" if what else help_text
+    parser.add_argument(flag, **{"default": default, "help": help_text.replace("%", "%%"), **kwargs})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     installed = package_version("pytest-quantbench") or "unknown (not installed)"
@@ -201,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="what the plugin knows: " + ", ".join(LISTS))
     listing.add_argument("what", choices=LISTS)
-    listing.add_argument("--device", default="auto", help="the device precisions are checked for (auto, cpu, cuda)")
+    add_plugin_option(listing, "--device", "--qb-device", "the device precisions are checked for")
     report = commands.add_parser("report", help="re-render quantbench.md from a report (or rebuild from a journal)")
     report.add_argument("file", help="quantbench.json, or quantbench.jsonl with --from-journal")
     report.add_argument("--from-journal", action="store_true",
@@ -210,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     comparison = commands.add_parser("compare", help="compare two runs; exit 1 on a regression")
     comparison.add_argument("base")
     comparison.add_argument("new")
-    comparison.add_argument("--fail-on", default=DEFAULT_FAIL_ON, help="tolerances, e.g. " + DEFAULT_FAIL_ON.replace("%", "%%"))
-    comparison.add_argument("--force", action="store_true", help="compare runs from different device models")
+    add_plugin_option(comparison, "--fail-on", "--qb-fail-on")
+    add_plugin_option(comparison, "--force", "--qb-force-baseline", action="store_true", default=False)
     comparison.add_argument("--json", action="store_true", help="the comparisons as JSON, for scripts")
     merge = commands.add_parser("merge", help="one report from several (shards, GPUs, hosts)")
     merge.add_argument("files", nargs="+")

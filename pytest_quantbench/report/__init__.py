@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..results import Record
+from ..results import METRICS, Record
 
-# Columns of the per-case table, in order, with the header each gets in Markdown.
-COLUMNS = {
-    "footprint_mb": "footprint (MB)",
-    "peak_mem_mb": "peak mem (MB)",
-    "ttft_ms": "TTFT (ms)",
-    "ms_per_token": "ms/token",
-    "ms_per_token_cv": "ms/token CV (%)",
-    "tokens_per_s": "tokens/s",
-    "decode_tokens_per_s": "decode tokens/s",
-    "mbu": "MBU (%)",
-    "latency_ms": "latency (ms)",
-    "load_s": "load (s)",
-}
+# The per-case table's metric columns, in METRICS order, with the header each gets in Markdown.
+COLUMNS = {name: metric.label for name, metric in METRICS.items() if metric.label}
+
+
+def lower_is_better(column: str) -> bool:
+    """Which way a report column improves: from METRICS, and lower for a task's perplexity (accuracy: higher)."""
+    metric = METRICS.get(column)
+    return column.startswith("ppl:") if metric is None else not metric.higher_is_better
+
+
+def as_shown(column: str, value: float) -> float:
+    """A value in the unit its column shows: a fraction marked percent in METRICS becomes a percentage."""
+    metric = METRICS.get(column)
+    return value * 100 if metric is not None and metric.percent else value
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import pandas as pd
 
 from ..results import Record, device_label
-from . import COLUMNS, accuracy_columns, perplexity_columns, records_frame
+from . import COLUMNS, accuracy_columns, as_shown, perplexity_columns, records_frame
 from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
+# The metrics that differ between decodings, for the by-decoding tables; the terminal's short table.
+DECODING_COLUMNS = ("ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms", "peak_mem_mb")
+TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s")
 
-def _table(frame: pd.DataFrame, columns: list[str]) -> str:
-    for fraction in ("ms_per_token_cv", "mbu"):  # shown as percentages
-        if fraction in frame.columns:
-            frame = frame.assign(**{fraction: frame[fraction] * 100})
+
+def _table(frame: pd.DataFrame, columns: list[str], accuracy: str = "acc (%)", perplexity: str = "word ppl",
+           **style) -> str:
+    """The `columns` present in `frame` under their METRICS labels (a task's: its name and `accuracy` or
+    `perplexity`), values as each column shows them."""
     present = [c for c in columns if c in frame.columns]
-    headers = {c: COLUMNS.get(c, f"{c[4:]} acc (%)" if c.startswith("acc:") else
-                              f"{c[4:]} word ppl" if c.startswith("ppl:") else c) for c in present}
-    return frame[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–")
+    headers = {c: COLUMNS.get(c, f"{c[4:]} {accuracy}" if c.startswith("acc:") else
+                              f"{c[4:]} {perplexity}" if c.startswith("ppl:") else c) for c in present}
+    shown = pd.DataFrame({headers[c]: as_shown(c, frame[c]) for c in present})
+    return shown.to_markdown(index=False, floatfmt=".1f", missingval="–", **style)
 
 
 def _mode(frame: pd.DataFrame) -> list[str]:
@@ -77,17 +82,17 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         for decoding, group in frame.groupby("decoding", sort=False):
             lines += [f"### {decoding}", "",
                       _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,
-                                     "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms",
-                                     "ttft_ms", "peak_mem_mb"]), ""]
+                                     *DECODING_COLUMNS]), ""]
         lines += decoding_pivot(frame)
     lines += paired_section(records) + fidelity_section(records) + gpu_section(records)
     unstable = [r for r in records if r.metrics.get("unstable")]
     if unstable:
         lines += ["", "## Unstable measurements", "",
-                  "Decode ms/token kept varying more than the target after the most repeats allowed: treat these "
-                  "speeds as rough.", "", "| test | ms/token | CV (%) | repeats |", "| --- | --- | --- | --- |"]
-        lines += [f"| `{r.test}` | {r.metrics['ms_per_token']:.2f} | {r.metrics['ms_per_token_cv'] * 100:.1f} | "
-                  f"{r.metrics.get('repeats')} |" for r in unstable]
+                  ("Decode ms/token kept varying more than the target after the most repeats allowed: treat these "
+                   "speeds as rough."), "", "| test | ms/token | CV (%) | repeats |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{r.test}` | {r.metrics['ms_per_token']:.2f} | "
+                  f"{as_shown('ms_per_token_cv', r.metrics['ms_per_token_cv']):.1f} | {r.metrics.get('repeats')} |"
+                  for r in unstable]
     checks = [(r, c) for r in records for c in r.checks]
     if checks:
         lines += ["", "## Threshold checks", "", "| test | check | result |", "| --- | --- | --- |"]
@@ -106,8 +111,8 @@ def gpu_section(records: list[Record]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Workers and GPUs", "",
-             "Physical GPU index and the driver's (NVML) used memory at the end of the case's measurement (every "
-             "process on that GPU); peak allocated is this process's torch allocator peak per GPU.", "",
+             ("Physical GPU index and the driver's (NVML) used memory at the end of the case's measurement (every "
+              "process on that GPU); peak allocated is this process's torch allocator peak per GPU."), "",
              "| test | worker | GPUs (physical) | modules per device | NVML used (MB) | peak allocated (MB) | tokens/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -130,9 +135,5 @@ def terminal_table(records: list[Record]) -> str:
     frame = records_frame(records)
     if frame.empty:
         return "no measurements"
-    summary = summary_frame(frame)
-    columns = ["model", "precision", *accuracy_columns(frame), *perplexity_columns(frame), "footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s"]
-    present = [c for c in columns if c in summary.columns]
-    headers = {c: COLUMNS.get(c, f"{c[4:]} %" if c.startswith("acc:") else f"{c[4:]} ppl" if c.startswith("ppl:")
-                              else c) for c in present}
-    return summary[present].rename(columns=headers).to_markdown(index=False, floatfmt=".1f", missingval="–", tablefmt="simple")
+    columns = ["model", "precision", *accuracy_columns(frame), *perplexity_columns(frame), *TERMINAL_COLUMNS]
+    return _table(summary_frame(frame), columns, "%", "ppl", tablefmt="simple")

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import replacing
-from . import accuracy_columns
+from . import accuracy_columns, lower_is_better
 
+# The metrics drawn as bars, with each plot's axis title.
 BARS = {"footprint_mb": "model footprint (MB)", "tokens_per_s": "tokens/s", "peak_mem_mb": "peak memory (MB)"}
-# For the heatmap, 1 is best: metrics where lower is better are inverted.
-LOWER_IS_BETTER = {"footprint_mb", "peak_mem_mb", "ms_per_token", "ttft_ms", "latency_ms"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -26,14 +25,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def normalized(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Each metric scaled to [0, 1] across precisions, 1 the best."""
+    """Each metric scaled to [0, 1] across precisions, 1 the best (inverted where lower is better)."""
     labels = summary["label"] if "label" in summary else summary["model"] + " " + summary["precision"]
     out = pd.DataFrame(index=labels.to_numpy())
     for metric in metrics:
         values = summary[metric].astype(float).to_numpy()
         span = values.max() - values.min()
         scaled = (values - values.min()) / span if span else values * 0 + 1
-        out[metric] = 1 - scaled if metric in LOWER_IS_BETTER else scaled
+        out[metric] = 1 - scaled if lower_is_better(metric) else scaled
     return out
 
 
@@ -80,7 +79,7 @@ def write_plots(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.annotate(label, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
         best = sorted(points[i] for i in front)
         ax.plot(*zip(*best), color="tab:red", marker="o", label="Pareto front")
-        ax.set_xlabel("model footprint (MB)")
+        ax.set_xlabel(BARS["footprint_mb"])
         ax.set_ylabel("mean accuracy over tasks (%)")
         ax.legend()
         fig.tight_layout()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..results import METRICS
 from . import accuracy_columns
 from .plots import normalized
 
@@ -20,7 +21,7 @@ def recommendations(summary: pd.DataFrame) -> list[str]:
     mean_accuracy = summary[accuracy].astype(float).mean(axis=1) if accuracy else None
     if "tokens_per_s" in summary:
         i = summary["tokens_per_s"].astype(float).idxmax()
-        lines.append(f"- **Fastest**: {label[i]} ({summary['tokens_per_s'][i]:.1f} tokens/s)")
+        lines.append(f"- **Fastest**: {label[i]} ({summary['tokens_per_s'][i]:.1f} {METRICS['tokens_per_s'].unit})")
     if mean_accuracy is not None and mean_accuracy.notna().any():
         i = mean_accuracy.idxmax()
         lines.append(f"- **Most accurate**: {label[i]} (mean accuracy {mean_accuracy[i]:.1f}%)")
@@ -28,7 +29,8 @@ def recommendations(summary: pd.DataFrame) -> list[str]:
             within = summary[mean_accuracy >= mean_accuracy.max() - ACCURACY_BUDGET_PT]
             j = within["footprint_mb"].astype(float).idxmin()
             lines.append(f"- **Smallest within {ACCURACY_BUDGET_PT:g} pt of the most accurate**: {label[j]} "
-                         f"({summary['footprint_mb'][j]:.1f} MB, mean accuracy {mean_accuracy[j]:.1f}%)")
+                         f"({summary['footprint_mb'][j]:.1f} {METRICS['footprint_mb'].unit}, "
+                         f"mean accuracy {mean_accuracy[j]:.1f}%)")
     metrics = [m for m in ["footprint_mb", "tokens_per_s", "peak_mem_mb", *accuracy] if m in summary]
     complete = summary.dropna(subset=metrics)
     if len(metrics) >= 2 and len(complete) >= 2:

@@ -24,25 +24,31 @@ def models_info(records: list[Record]) -> dict[str, dict]:
 
 
 def write_reports(records: list[Record], report_dir: Path, command: str, env: dict | None = None,
-                  write_json: bool = True) -> list[Path]:
-    """JSON, Markdown, CSV and (with matplotlib) PNG plots; `env` from a saved report, else this machine's."""
+                  write_json: bool = True, merged_from: list[dict] | None = None) -> list[Path]:
+    """JSON, Markdown, CSV and (with matplotlib) PNG plots; `env` from a saved report, else this machine's.
+    `merged_from`: the reports a merged one joins, recorded in its JSON."""
     devices = [r.device for r in records]
-    env = env or environment("cuda" if "cuda" in devices else "cpu", command)
+    shown_env = env or environment("cuda" if "cuda" in devices else "cpu", command)
     models = models_info(records)
     json_path, markdown_path = Path(report_dir) / JSON_NAME, Path(report_dir) / MARKDOWN_NAME
     if write_json:
-        write_atomic(json_path, json.dumps(report_dict(records, env, models), indent=2, default=str) + "\n")
-    write_atomic(markdown_path, render(records, env, models))
+        # A saved environment stays as recorded in the JSON, even an empty one.
+        data = report_dict(records, shown_env if env is None else env, models)
+        if merged_from is not None:
+            data["merged_from"] = merged_from
+        write_atomic(json_path, json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(markdown_path, render(records, shown_env, models))
     paths = [json_path, markdown_path] if write_json else [markdown_path]
     frame = records_frame(records)
     if not frame.empty:
         csv_path = Path(report_dir) / CSV_NAME
         write_atomic(csv_path, frame.to_csv(index=False))
         paths.append(csv_path)
+        summary = summary_frame(frame)
         if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
-            paths += write_plots(summary_frame(frame), Path(report_dir) / "plots")
+            paths += write_plots(summary, Path(report_dir) / "plots")
         if importlib.util.find_spec("plotly") is not None:  # so is the interactive page
             from .html import write_html
 
-            paths.append(write_html(frame, summary_frame(frame), Path(report_dir) / HTML_NAME))
+            paths.append(write_html(frame, summary, Path(report_dir) / HTML_NAME))
     return paths

@@ -8,7 +8,7 @@ from .decoding import register as register_decoding
 from .fixture import QuantBenchmark
 from .precisions import Precision
 from .precisions import register as register_precision
-from .tasks import TaskResult
+from .tasks import Task, TaskResult
 from .tasks import register as register_task
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
            "Decoding",
            "Precision",
            "QuantBenchmark",
+           "Task",
            "TaskResult",
            "__version__",
            "register_decoding",

@@ -135,17 +135,12 @@ class QuantBenchmark:
         if config is None or not config.pluginmanager.hasplugin("benchmark") or not any(
                 config.getoption(name, None) for name in ("benchmark_json", "benchmark_save", "benchmark_autosave")):
             return
-        from pytest_benchmark.fixture import FixtureAlreadyUsed
-
         benchmark = self.request.getfixturevalue("benchmark")
-        if benchmark.disabled:  # --benchmark-disable, or under xdist
+        if benchmark.disabled or benchmark.stats is not None:  # --benchmark-disable or xdist; or used by the test
             return
         benchmark.extra_info.update(model=self.case.model.name, precision=self.case.precision.name,
                                     decoding=self.case.decoding.name)
-        try:
-            benchmark.pedantic(run, rounds=rounds, iterations=1)
-        except FixtureAlreadyUsed:
-            pass
+        benchmark.pedantic(run, rounds=rounds, iterations=1)
 
     def evaluate(self, task_name: str, limit: int | None = None) -> float:
         """Accuracy (percent) on a registered task, or for a task without accuracy its main metric (word perplexity);
@@ -153,18 +148,15 @@ class QuantBenchmark:
         from .tasks import DataUnavailable, get_task
 
         task = get_task(task_name)
-        if self.case.model.kind == "synthetic" and getattr(task, "needs_real_weights", True):
+        if self.case.model.kind == "synthetic" and task.needs_real_weights:
             pytest.skip(f"{task.name}: {self.case.model.name} has random weights (synthetic model), so accuracy "
                         "would be meaningless; speed, memory and fidelity still run")
-        families = getattr(task, "families", None)  # a task for some model families only (images: image-text)
-        if families and self.model.family not in families:
-            pytest.skip(f"{task.name}: for {' or '.join(families)} models only; {self.case.model.name} is "
+        if task.families and self.model.family not in task.families:
+            pytest.skip(f"{task.name}: for {' or '.join(task.families)} models only; {self.case.model.name} is "
                         f"{self.model.family}")
         if self.settings.limit is not None:  # the command line wins over the test's own choice; 0 means all
             limit = self.settings.limit or None
-        # A task with its own budget (`new_tokens`, e.g. HumanEval) keeps it; the others cap at --qb-max-new-tokens.
-        tokens = getattr(task, "new_tokens", None) or min(self.settings.max_new_tokens,
-                                                          getattr(task, "max_new_tokens", self.settings.max_new_tokens))
+        tokens = task.new_token_budget(self.settings.max_new_tokens)
         try:
             result = self.session.task_result(self.case.model, self.case.precision, task, self.case.decoding, limit,
                                               tokens, handle=self.model)

@@ -134,11 +134,11 @@ class QuantbenchSession:
         return self._summaries.get(key, persistent, compute)
 
     def task_options(self, task) -> dict:
-        """The settings a task's `evaluate` asks for by name (data_dir, context_length, stride, sandbox)."""
-        import inspect
-
+        """The settings a task declares in its `options` (from data_dir, context_length, stride, sandbox)."""
         settings = self.settings
         offered = {"data_dir": settings.data_dir, "context_length": settings.ppl_context, "stride": settings.ppl_stride,
                    "sandbox": settings.sandbox}
-        accepted = inspect.signature(task.evaluate).parameters
-        return {name: value for name, value in offered.items() if name in accepted}
+        unknown = [name for name in task.options if name not in offered]
+        if unknown:
+            raise ValueError(f"task {task.name!r} asks for unknown options {unknown}; offered: {', '.join(offered)}")
+        return {name: offered[name] for name in task.options}

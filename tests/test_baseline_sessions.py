@@ -9,10 +9,10 @@ import pytest
 
 TESTS = """
 import pytest
-from pytest_quantbench.tasks import TaskResult, register
+from pytest_quantbench.tasks import Task, TaskResult, register
 
 
-class OneFlip:
+class OneFlip(Task):
     '''100 items; fp32 gets 60 right, any other precision loses one of them: a 1-point drop, noise.'''
     name, version, needs_real_weights = "oneflip", "1", False
 

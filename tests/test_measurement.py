@@ -247,8 +247,8 @@ def test_cpu_peak_is_the_heap_in_use_not_what_was_freed_before():
     a 160 MB one dropped just before does not (its pages may still be resident); the raw RSS is kept beside it."""
     import torch
 
-    from pytest_quantbench.trackers import MemoryTracker
     from pytest_quantbench.memory import heap_in_use_mb
+    from pytest_quantbench.trackers import MemoryTracker
 
     if heap_in_use_mb() is None:
         pytest.skip("glibc's heap counters are not available here (the figure is the sampled RSS peak)")

@@ -17,9 +17,9 @@ import pytest
 
 from pytest_quantbench import quantize
 from pytest_quantbench.decoding import parse_decoding
-from pytest_quantbench.trackers import unquantized_parameter_count
 from pytest_quantbench.models import ModelLoadError, load_model, resolve_model
 from pytest_quantbench.precisions import parse_precision
+from pytest_quantbench.trackers import unquantized_parameter_count
 
 SMOLLM2_CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
 # Small enough that CI quantizes SmolLM2 in a minute or two; the default (16 x 128) is for real runs.
@@ -45,23 +45,24 @@ def test_group_size_error_before_quantizing(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
     monkeypatch.setattr(quantize, "_quantize", lambda *a: pytest.fail("quantized despite a bad group size"))
     with pytest.raises(ModelLoadError, match="group size 128"):
-        quantize.gptqmodel_checkpoint("gptq", parse_precision("gptq@4bit,g128"), tmp_path, "cpu")
+        quantize.gptqmodel_checkpoint("gptq", "gptq@4bit,g128", dict(parse_precision("gptq@4bit,g128").options),
+                                      tmp_path, "cpu", quantize.Calibration())
 
 
 def test_prequantized_checkpoint_is_used_as_is(tmp_path, monkeypatch):
     config = {**SMOLLM2_CONFIG, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(quantize, "_quantize", lambda *a: pytest.fail("re-quantized a GPTQ checkpoint"))
-    assert quantize.gptqmodel_checkpoint("gptq", parse_precision("gptq"), tmp_path, "cpu") == tmp_path
+    assert quantize.gptqmodel_checkpoint("gptq", "gptq", {}, tmp_path, "cpu", quantize.Calibration()) == tmp_path
     with pytest.raises(ModelLoadError, match="already quantized with gptq.*--qb-precision gptq"):
         quantize.gptqmodel_checkpoint("awq", "awq", dict(parse_precision("awq").options), tmp_path, "cpu",
                                       quantize.Calibration())
 
 
 def test_quant_settings_from_the_name():
-    assert quantize.quant_settings("gptq", parse_precision("gptq")) == {
+    assert quantize.quant_settings(dict(parse_precision("gptq").options)) == {
         "bits": 4, "group_size": 64, "desc_act": False, "sym": True}
-    assert quantize.quant_settings("gptq", parse_precision("gptq@8bit,g32+desc+asym")) == {
+    assert quantize.quant_settings(dict(parse_precision("gptq@8bit,g32+desc+asym").options)) == {
         "bits": 8, "group_size": 32, "desc_act": True, "sym": False}
     assert parse_precision("hqq@8bit,g32").option("bits") == 8
 

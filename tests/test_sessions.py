@@ -155,11 +155,11 @@ def test_speed_thresholds_fail_with_numbers(pytester, tiny):
 
 
 ACCURACY_CONFTEST = """
-from pytest_quantbench import TaskResult, register_task
+from pytest_quantbench import Task, TaskResult, register_task
 
 
-class ByPrecision:
-    name, version, max_new_tokens = "scripted", "1", 4
+class ByPrecision(Task):
+    name, version, token_cap = "scripted", "1", 4
     scores = {"fp32": 0.80, "nf4": 0.71, "bf16": 0.79}
 
     def evaluate(self, model, decoding, limit, max_new_tokens):
@@ -309,3 +309,18 @@ def test_torch_jit_deprecation_noise_is_filtered(pytester):
     assert "script_method" not in result.stdout.str()
     plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:quantbench")
     assert "script_method" in plain.stdout.str()  # what the filter hides is there without the plugin
+
+
+def test_pytest_benchmark_json_covers_measured_cases(pytester, tiny):
+    """With --benchmark-json, each measured case is also a pytest-benchmark entry: its own rounds, timed through
+    the public pedantic API, named by the case; without it, no extra generations run."""
+    pytester.makepyfile(SPEED_TEST + "\n\ndef test_own(quantbench, benchmark):\n    benchmark(sum, [1, 2])\n"
+                        "    quantbench.measure(max_new_tokens=4)\n")
+    result = pytester.runpytest(tiny, "--qb-precision=fp32", "--qb-decoding=greedy", "--benchmark-json=bench.json",
+                                "--qb-repeats=2", "--qb-warmup=0", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    entries = {b["name"]: b for b in json.loads((pytester.path / "bench.json").read_text())["benchmarks"]}
+    measured = entries["test_speed[tiny-fp32-greedy]"]
+    assert measured["stats"]["rounds"] == report(pytester)["records"][0]["metrics"]["repeats"]
+    assert measured["extra_info"] == {"model": "tiny", "precision": "fp32", "decoding": "greedy"}
+    assert entries["test_own[tiny-fp32-greedy]"]["stats"]["rounds"] > 2  # the test's own timing of sum() kept

@@ -22,6 +22,7 @@ MAX_DEPTH = 100  # nesting of containers in one value
 # Members of sets and keys of dicts in one message: a set of ints built to collide (multiples of the hash modulus)
 # is quadratic to make, and this many keep even that under a second.
 MAX_MEMBERS = 10_000
+REASON_CHARS = 300  # of an error message carried back: enough to read, too little to flood a report
 SEQUENCES = {b"l"[0]: list, b"t"[0]: tuple, b"S"[0]: set, b"F"[0]: frozenset}
 SEQUENCE_TAGS = {kind: bytes([tag]) for tag, kind in SEQUENCES.items()}
 

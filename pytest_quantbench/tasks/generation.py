@@ -9,21 +9,18 @@ With several responses per prompt (sampling) the item's prediction is the majori
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from . import TaskResult, register
+from . import DatasetError, Task, TaskResult, register
+from .sources import read_jsonl, stratified
 
 RULES = ("contains", "numeric", "label")
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-class DatasetError(ValueError):
-    """A dataset file has a malformed row; the message names the file and line."""
 
 
 def _normalize(text: str) -> str:
@@ -90,65 +87,50 @@ def check_row(row: object, where: str) -> dict:
 
 
 def load_items(path: Path) -> list[dict]:
-    items = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetError(f"{where}: not valid JSON ({error.msg})") from None
-            items.append(check_row(row, where))
+    items = [check_row(row, where) for row, where in read_jsonl(path)]
     if not items:
         raise DatasetError(f"{path}: no items")
     return items
 
 
-def take(items: list[dict], limit: int | None) -> list[dict]:
-    """A deterministic subset that keeps every category: round-robin over categories in file order."""
-    if limit is None or limit >= len(items):
-        return items
-    by_category: dict[str, list[dict]] = {}
-    for item in items:
-        by_category.setdefault(item.get("category", ""), []).append(item)
-    chosen, queues = [], [list(group) for group in by_category.values()]
-    while len(chosen) < limit:
-        for queue in queues:
-            if queue and len(chosen) < limit:
-                chosen.append(queue.pop(0))
-    return sorted(chosen, key=items.index)
+def score_votes(name: str, items: list[dict], responses: list[list[str]], predict_one: Callable[[dict, str], str],
+                is_right: Callable[[dict, str], bool]) -> TaskResult:
+    """Score each item by the majority vote of its responses' predictions (one response: that one's)."""
+    correct, response_hits, categories, examples = [], [], {}, []
+    for item, answers in zip(items, responses):
+        predictions = [predict_one(item, r) for r in answers]
+        hit = is_right(item, majority(predictions))
+        correct.append(hit)
+        response_hits.extend(is_right(item, p) for p in predictions)
+        categories.setdefault(item.get("category", ""), []).append(hit)
+        if len(examples) < 3:
+            examples.append({"id": item["id"], "prompt": item["prompt"], "response": answers[0], "correct": hit})
+    return TaskResult(
+        task=name,
+        accuracy=sum(correct) / len(correct),
+        n=len(correct),
+        correct=correct,
+        metrics={"response_accuracy": sum(response_hits) / len(response_hits)},
+        by_category={c: sum(v) / len(v) for c, v in categories.items()},
+        examples=examples,
+    )
+
+
+def by_category(item: dict) -> str:
+    return item.get("category", "")
 
 
 @dataclass(frozen=True)
-class GenerationTask:
+class GenerationTask(Task):
     name: str
     path: Path
     version: str = "1"
-    max_new_tokens: int = 12  # answers are a word, a number or a label: longer generations only cost time
+    token_cap: int = 12  # answers are a word, a number or a label: longer generations only cost time
 
     def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int) -> TaskResult:
-        items = take(load_items(self.path), limit)
+        items = stratified(load_items(self.path), limit, by_category)
         responses = model.generate([item["prompt"] for item in items], decoding, max_new_tokens)
-        correct, response_hits, categories, examples = [], [], {}, []
-        for item, answers in zip(items, responses):
-            predictions = [predict(item, r) for r in answers]
-            hit = is_correct(item, majority(predictions))
-            correct.append(hit)
-            response_hits.extend(is_correct(item, p) for p in predictions)
-            categories.setdefault(item.get("category", ""), []).append(hit)
-            if len(examples) < 3:
-                examples.append({"id": item["id"], "prompt": item["prompt"], "response": answers[0], "correct": hit})
-        return TaskResult(
-            task=self.name,
-            accuracy=sum(correct) / len(correct),
-            n=len(correct),
-            correct=correct,
-            metrics={"response_accuracy": sum(response_hits) / len(response_hits)},
-            by_category={c: sum(v) / len(v) for c, v in categories.items()},
-            examples=examples,
-        )
+        return score_votes(self.name, items, responses, predict, is_correct)
 
 
 DATA = files("pytest_quantbench") / "data"

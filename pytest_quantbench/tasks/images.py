@@ -18,8 +18,9 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import DataUnavailable, TaskResult, register
-from .generation import majority, take
+from . import DataUnavailable, Task, TaskResult, register
+from .generation import by_category, score_votes
+from .sources import stratified
 
 SIZE = 224
 PER_CATEGORY = 6
@@ -119,10 +120,10 @@ def normalize(response: str) -> str:
 
 
 @dataclass(frozen=True)
-class ImageTask:
+class ImageTask(Task):
     name: str = "images"
     version: str = "1"
-    max_new_tokens: int = 8  # answers are one word or digit
+    token_cap: int = 8  # answers are one word or digit
     seed: int = 0
     families: tuple[str, ...] = ("image-text",)  # the fixture skips it for other models, saying why
 
@@ -130,27 +131,11 @@ class ImageTask:
         if not getattr(model, "accepts_images", False):
             family = getattr(model, "family", "text-only")
             raise NeedsImageModel(f"the images task needs an image-text model; this one is {family}")
-        items = take(make_items(self.seed), limit)
+        items = stratified(make_items(self.seed), limit, by_category)
         responses = model.generate_with_images([item["prompt"] for item in items], [draw(item) for item in items],
                                                decoding, max_new_tokens)
-        correct, response_hits, categories, examples = [], [], {}, []
-        for item, answers in zip(items, responses):
-            predictions = [normalize(r) for r in answers]
-            hit = majority(predictions) == item["answer"]
-            correct.append(hit)
-            response_hits.extend(p == item["answer"] for p in predictions)
-            categories.setdefault(item["category"], []).append(hit)
-            if len(examples) < 3:
-                examples.append({"id": item["id"], "prompt": item["prompt"], "response": answers[0], "correct": hit})
-        return TaskResult(
-            task=self.name,
-            accuracy=sum(correct) / len(correct),
-            n=len(correct),
-            correct=correct,
-            metrics={"response_accuracy": sum(response_hits) / len(response_hits)},
-            by_category={c: sum(v) / len(v) for c, v in categories.items()},
-            examples=examples,
-        )
+        return score_votes(self.name, items, responses, lambda item, response: normalize(response),
+                           lambda item, prediction: prediction == item["answer"])
 
 
 register(ImageTask())

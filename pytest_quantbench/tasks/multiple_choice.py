@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import TaskResult, register
-from .generation import DatasetError
+from . import DatasetError, Task, TaskResult, register
 from .sources import first_existing, hub_rows, read_csv, read_table, stratified
 
 LETTERS = ("A", "B", "C", "D")
@@ -156,7 +155,7 @@ def argmax(values: list[float]) -> int:
 
 
 @dataclass(frozen=True)
-class MultipleChoiceTask:
+class MultipleChoiceTask(Task):
     name: str
     load: Callable[[Path | None, str], list[dict]]  # (data dir, split) -> documents with "choices" and "gold"
     doc_to_text: Callable[[dict], str]
@@ -172,7 +171,7 @@ class MultipleChoiceTask:
     num_fewshot: int = 0
     version: str = "1"
     families: tuple[str, ...] = ("decoder",)  # scoring.py scores causal LMs; the fixture skips other families
-    needs_real_weights: bool = True
+    options = ("data_dir",)
 
     def with_fewshot(self, k: int) -> MultipleChoiceTask:
         base = re.sub(r"_\d+shot$", "", self.name)

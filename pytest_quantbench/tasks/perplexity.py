@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import TaskResult, register
-from .generation import DatasetError
+from . import DatasetError, Task, TaskResult, register
 from .sources import first_existing, hub_rows
 
 LOCAL_FILES = ("wikitext2/wikitext-2-raw/wiki.test.raw", "wikitext2/wiki.test.raw", "wikitext-2-raw/wiki.test.raw")
@@ -75,11 +74,11 @@ def load_articles(data_dir: Path | None) -> list[str]:
 
 
 @dataclass(frozen=True)
-class PerplexityTask:
+class PerplexityTask(Task):
     name: str = "wikitext2"
     version: str = "1"
     families: tuple[str, ...] = ("decoder",)  # scoring.py scores causal LMs; the fixture skips other families
-    needs_real_weights: bool = True
+    options = ("data_dir", "context_length", "stride")
 
     def evaluate(self, model, decoding, limit: int | None, max_new_tokens: int, data_dir: Path | None = None,
                  context_length: int | None = None, stride: int | None = None) -> TaskResult:

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..hub import hub_reachable
-from . import DataUnavailable
-from .generation import DatasetError
+from . import DatasetError, DataUnavailable
 
 Row = tuple[dict, str]  # a row and where it came from ("file:line"), for error messages
 

@@ -3,8 +3,8 @@ held to a maximum drop against the baseline precision measured in the same sessi
 
 import pytest
 
-# Items per suite in the default run, chosen to keep the whole default suite near 20 minutes on a 2-core CPU (21 min
-# on 2026-11-25, bf16 under sampling the slowest: no native bf16 matmul there):
+# Items per suite in the default run, chosen to keep the whole default suite near 20 minutes on a 2-core CPU (bf16
+# under sampling is the slowest there: no native bf16 matmul):
 # a stratified third of each suite, and 4 items under sampling, which draws 20 responses per item (majority vote).
 # `--qb-limit N` overrides both (`--qb-limit 0`: every item).
 ITEMS = {"sample": 4}

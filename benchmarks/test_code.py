@@ -6,8 +6,8 @@ import pytest
 # HumanEval is the slowest task here (up to 256 generated tokens per response; on the 2-core CPU 4 problems take
 # ~30 s in fp32 and ~65 s in nf4, which rambles to the cap): the default suite runs 4 problems, greedy, on the
 # baseline precision and nf4 only, and the paired comparison judges the drop by significance (4 problems are
-# noise). `--qb-limit N` runs N problems on every precision and decoding of the session (`0`: all 164), which gives
-# seed 000's precision x decoding table.
+# noise). `--qb-limit N` runs N problems on every precision and decoding of the session (`0`: all 164): the full
+# precision x decoding table.
 PROBLEMS = 4
 
 

@@ -13,4 +13,4 @@ def test_memory(quantbench):
     # A quantized or half-precision model that is not smaller than its fp32 size was not quantized.
     if quantbench.case.precision.name != "fp32":
         assert metrics["peak_mem_mb"] > 0
-        assert quantbench.record.metrics["footprint_mb"] < full_precision_mb
+        assert quantbench.metrics["footprint_mb"] < full_precision_mb

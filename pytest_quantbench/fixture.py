@@ -27,8 +27,9 @@ class QuantBenchmark:
     """Handed to a benchmark test: `measure()` for speed and memory, `evaluate(task)` for accuracy.
 
     What they return also lands in the session report; thresholds (ini, options or the test's marker) are checked
-    after the test body and fail the test with the numbers. The test's Record is assembled from what was measured
-    in one place, `record()`.
+    after the test body and fail the test with the numbers. `metrics` holds what the test measured (a test may add
+    its own values there); the test's Record is assembled from it and the task outcomes in one place,
+    `build_record()`.
     """
 
     def __init__(self, session: QuantbenchSession, case: Case, nodeid: str, thresholds: Thresholds,
@@ -68,14 +69,24 @@ class QuantBenchmark:
     def release(self) -> None:
         self._handle = None
 
-    def record(self, outcome: str = "passed", reason: str | None = None) -> Record:
+    @property
+    def baseline_precision(self) -> str:
+        """The name of the precision accuracy drops and fidelity are measured against."""
+        return self.baseline.name
+
+    @property
+    def record(self) -> Record:
+        """The Record as it stands; its `metrics` is this test's own dict, so a value added there is reported."""
+        return self.build_record()
+
+    def build_record(self, outcome: str = "passed", reason: str | None = None) -> Record:
         """This test's Record: what ran, what it measured, what it was held to."""
         case, details = self.case, {name: self._task_details(name, o) for name, o in self.outcomes.items()}
         if self.fidelity_details is not None:
             details["fidelity"] = self.fidelity_details
         return Record(test=self.nodeid, model=case.model.name, precision=case.precision.name,
                       decoding=case.decoding.name, device=self.settings.device, outcome=outcome, reason=reason,
-                      metrics=dict(self.metrics), task_details=details, checks=[c.as_dict() for c in self.checks],
+                      metrics=self.metrics, task_details=details, checks=[c.as_dict() for c in self.checks],
                       accuracy_pct={name: o.result.accuracy * 100 for name, o in self.outcomes.items()
                                     if o.result.accuracy is not None},
                       model_info=dict(self.model_info), worker=self.session.worker,
@@ -202,7 +213,7 @@ class QuantBenchmark:
         """Check every applicable threshold; fail the test listing each one crossed."""
         checks = evaluate(self.thresholds, self.case.precision.name, self.metrics, self.outcomes)
         try:
-            checks += self.session.regression_checks(self.record())
+            checks += self.session.regression_checks(self.build_record())
         except ValueError as error:  # a baseline from another device model, or a malformed baseline file
             pytest.fail(str(error), pytrace=False)
         self.checks = checks

@@ -216,7 +216,7 @@ def pytest_runtest_makereport(item, call):
             reason = report.longrepr[2].removeprefix("Skipped: ")
         elif report.failed:
             reason = getattr(call.excinfo, "exconly", lambda: str(report.longrepr))()
-        record = bench.record(report.outcome, reason)
+        record = bench.build_record(report.outcome, reason)
         report.quantbench_record = record.as_dict()  # travels to the xdist controller with the report
         # JUnit XML writes the item's properties with the teardown report.
         properties = [*((f"qb_{name}", v) for name, v in record.metrics.items()),

@@ -30,6 +30,12 @@ def test_normalized_best_is_one():
     assert list(grid["acc:simple"]) == [1.0, 0.9, 0.0]
 
 
+def test_normalized_ties_are_all_best_either_way():
+    tied = summary().assign(footprint_mb=100.0, tokens_per_s=12.0)  # lower is better for one, higher for the other
+    grid = normalized(tied, ["footprint_mb", "tokens_per_s"])
+    assert list(grid["footprint_mb"]) == [1.0, 1.0, 1.0] and list(grid["tokens_per_s"]) == [1.0, 1.0, 1.0]
+
+
 def test_recommendations():
     lines = recommendations(summary())
     assert lines[0] == "- **Fastest**: m fp32 (20.0 tokens/s)"

@@ -311,9 +311,10 @@ def test_torch_jit_deprecation_noise_is_filtered(pytester):
     assert "script_method" in plain.stdout.str()  # what the filter hides is there without the plugin
 
 
-def test_pytest_benchmark_json_covers_measured_cases(pytester, tiny):
+def test_pytest_benchmark_json_covers_measured_cases(pytester, tiny, monkeypatch):
     """With --benchmark-json, each measured case is also a pytest-benchmark entry: its own rounds, timed through
     the public pedantic API, named by the case; without it, no extra generations run."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # else pytest-benchmark sees this suite's -n worker
     pytester.makepyfile(SPEED_TEST + "\n\ndef test_own(quantbench, benchmark):\n    benchmark(sum, [1, 2])\n"
                         "    quantbench.measure(max_new_tokens=4)\n")
     result = pytester.runpytest(tiny, "--qb-precision=fp32", "--qb-decoding=greedy", "--benchmark-json=bench.json",
@@ -324,3 +325,17 @@ def test_pytest_benchmark_json_covers_measured_cases(pytester, tiny):
     assert measured["stats"]["rounds"] == report(pytester)["records"][0]["metrics"]["repeats"]
     assert measured["extra_info"] == {"model": "tiny", "precision": "fp32", "decoding": "greedy"}
     assert entries["test_own[tiny-fp32-greedy]"]["stats"]["rounds"] > 2  # the test's own timing of sum() kept
+
+
+def test_the_shipped_benchmarks_run_against_the_fixture_api(pytester, tiny):
+    """The default suite's files, as users run them (eager mode; the GPU-only timer check skips on the CPU)."""
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("test_*.py")):
+        pytester.makepyfile(**{path.stem: path.read_text()})
+    result = pytester.runpytest(tiny, "--qb-precision=fp32,bf16", "--qb-decoding=greedy", "--qb-max-new-tokens=4",
+                                "-k", "not (fidelity and bf16)", *FAST)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
+    tests = {r["test"].split("::")[1].split("[")[0] for r in report(pytester)["records"] if r["outcome"] == "passed"}
+    assert {"test_speed", "test_memory", "test_fidelity", "test_accuracy"} <= tests

@@ -1,5 +1,5 @@
 """Report sections that compare against the baseline precision or across decodings: accuracy per precision x
-decoding (seed 000's table), paired accuracy drops with their interval, and next-token fidelity."""
+decoding, paired accuracy drops with their interval, and next-token fidelity."""
 
 from __future__ import annotations
 

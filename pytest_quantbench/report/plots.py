@@ -31,7 +31,10 @@ def normalized(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for metric in metrics:
         values = summary[metric].astype(float).to_numpy()
         span = values.max() - values.min()
-        scaled = (values - values.min()) / span if span else values * 0 + 1
+        if not span:  # all equal: every precision is the best, whichever way is better
+            out[metric] = values * 0 + 1
+            continue
+        scaled = (values - values.min()) / span
         out[metric] = 1 - scaled if lower_is_better(metric) else scaled
     return out
 

@@ -1,4 +1,4 @@
-"""A short 'which precision to ship' section derived from the per-precision summary, as seed 002 writes by hand."""
+"""A short 'which precision to ship' section derived from the per-precision summary."""
 
 from __future__ import annotations
 

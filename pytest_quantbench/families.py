@@ -59,12 +59,13 @@ def auto_class(family: str):
     return getattr(transformers, FAMILIES[family].auto_class)
 
 
-def load_tokenizer(family: str, path: Path) -> tuple[Any, Any]:
+def load_tokenizer(family: str, path: Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(tokenizer, processor or None) for a checkpoint; left padding, a pad token."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    processor = AutoProcessor.from_pretrained(path) if FAMILIES[family].processor else None
-    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path)
+    trust = {"trust_remote_code": True} if trust_remote_code else {}
+    processor = AutoProcessor.from_pretrained(path, **trust) if FAMILIES[family].processor else None
+    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path, **trust)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -36,6 +36,7 @@ class ModelSpec:
     name: str
     source: str  # hub id, directory, .gguf path, alias, or synthetic preset/config
     kind: str  # "alias", "hub", "dir", "gguf", "synthetic"
+    trust_remote_code: bool = False  # run the model's own code (--qb-trust-remote-code)
 
 
 def _id_name(source: str) -> str:
@@ -247,9 +248,12 @@ def quiet_libraries() -> None:
 
 
 def _load_hint(precision, error: Exception) -> str:
-    """What to do about a load failure whose message alone does not say (a download attempted offline)."""
+    """What to do about a load failure whose message alone does not say (a download attempted offline, a model
+    that brings its own code)."""
     import urllib.error
 
+    if "trust_remote_code" in str(error):
+        return "; this model runs its own code: pass --qb-trust-remote-code if you trust it"
     if not isinstance(error, (urllib.error.URLError, ConnectionError)):
         return ""
     if precision.library == "GPTQModel":
@@ -274,9 +278,10 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None,
         raise ModelLoadError(f"{spec.name}: could not read or convert {spec.source}: {error}") from None
     start = time.perf_counter()
     try:
-        config = AutoConfig.from_pretrained(path)
+        trust = spec.trust_remote_code
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         family = families.model_family(config)  # decoder, encoder-decoder or image-text: how it loads is in families.py
-        tokenizer, processor = families.load_tokenizer(family, path)
+        tokenizer, processor = families.load_tokenizer(family, path, trust)
         if precision.prepare is not None:  # e.g. quantize once through GPTQModel, cached on disk
             path, kwargs = precision.prepare(precision, path, device, calibration or Calibration())
         else:
@@ -284,12 +289,14 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None,
         if precision.placement is not None:  # e.g. offload: what fits a memory budget, the rest elsewhere
             kwargs.update(precision.placement(precision, path, device))
         kwargs.setdefault("device_map", device_map or {"": device})
+        if trust:
+            kwargs["trust_remote_code"] = True
         kwargs = families.adjust_load_kwargs(family, precision, kwargs)
         if device == "cpu":  # the floor of this case's CPU memory figures: see _heap_floor
-            heap_before = _heap_floor(family, config, precision)
+            heap_before = _heap_floor(family, config, precision, trust)
         kept, why = [], ""
         if precision.keep_layers is not None:  # e.g. layers too narrow for a CPU kernel stay in the compute dtype
-            kept, why = precision.keep_layers(precision, device, kwargs, lambda: _skeleton(family, config))
+            kept, why = precision.keep_layers(precision, device, kwargs, lambda: _skeleton(family, config, trust))
         model = families.auto_class(family).from_pretrained(path, **kwargs)
         quantization: dict = {}
         if precision.after_load is not None:  # e.g. HQQ, applied to the loaded model's linear layers
@@ -317,13 +324,13 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None,
                        extra=quantization, heap_before_load_mb=heap_before)
 
 
-def _heap_floor(family: str, config, precision) -> float | None:
+def _heap_floor(family: str, config, precision, trust_remote_code: bool = False) -> float | None:
     """The C heap in use before the weights load, with what any case of this model would bring already imported
     (the precision's library, the architecture's modeling code): otherwise the first case of a session alone would
     carry those imports in its memory figure."""
     for module in precision.requires:
         importlib.import_module(module)
-    _skeleton(family, config)  # imports the modeling code; built on the meta device, so it holds no memory
+    _skeleton(family, config, trust_remote_code)  # imports the modeling code; built on the meta device, so it holds no memory
     return_freed_memory()
     return heap_in_use_mb()
 
@@ -331,14 +338,15 @@ def _heap_floor(family: str, config, precision) -> float | None:
 UNFIT_LAYERS = "unfit_layers"  # the high_precision entry of layers a precision's kernel cannot take on this device
 
 
-def _skeleton(family: str, config):
+def _skeleton(family: str, config, trust_remote_code: bool = False):
     """The model built from its config on the meta device: names and shapes, no memory."""
     from accelerate import init_empty_weights
 
     from . import families
 
+    trust = {"trust_remote_code": True} if trust_remote_code else {}
     with init_empty_weights():
-        return families.auto_class(family).from_config(config)
+        return families.auto_class(family).from_config(config, **trust)
 
 
 def _kept_layers(model, names: list[str], why: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import zlib
 from pathlib import Path
 
@@ -250,7 +251,7 @@ class SessionHooks:
 
     @property
     def command(self) -> str:
-        return " ".join(["pytest", *self.config.invocation_params.args])
+        return shlex.join(["pytest", *self.config.invocation_params.args])  # pasted into a shell, it runs again
 
     def claim_report_dir(self, late: bool = False) -> None:
         """Lock the report directory and check it takes writes, before any test runs; a session that runs no

@@ -74,6 +74,8 @@ OPTIONS = [
     ("--qb-calibration-seq-len", "qb_calibration_seq_len", "tokens per GPTQ/AWQ calibration sample", "128"),
     ("--qb-shard", "qb_shard", ("K/N: run only the K-th of N disjoint parts of the matrix (one CI job each), split "
      "by (model, precision) so each model loads in one shard; `quantbench merge` joins their reports"), None),
+    ("--qb-trust-remote-code", "qb_trust_remote_code", ("let a model's own Python code from its repository or "
+     "directory run (transformers' trust_remote_code): only for models whose code you trust"), None),
     ("--qb-sandbox", "qb_sandbox", ("where HumanEval's generated code runs: bwrap (bubblewrap namespaces; code tasks "
      "skip where it is missing) or guard (the weaker in-process guard, not a security boundary)"), "bwrap"),
 ]
@@ -87,7 +89,7 @@ def add_options(addoption, addini) -> None:
         option_help = help_text.replace("%", "%%")  # argparse formats help strings
         if flag == "--qb-model":
             addoption(flag, action="append", dest=ini, default=None, help=option_help)
-        elif flag == "--qb-force-baseline":
+        elif flag in ("--qb-force-baseline", "--qb-trust-remote-code"):
             addoption(flag, action="store_const", const="true", dest=ini, default=None, help=option_help)
         else:
             addoption(flag, dest=ini, default=None, help=option_help)
@@ -287,6 +289,11 @@ def _models(get) -> tuple[ModelSpec, ...]:
     return tuple(resolve_models(split_models(models)))
 
 
+def _true(value) -> bool:
+    """A switch given on the command line, or in an ini file as 1, true or yes."""
+    return str(value or "").strip().lower() in ("1", "true", "yes")
+
+
 def read_settings(config) -> Settings:
     """Build Settings from a pytest config: command line first, then ini, then defaults. ValueError (or
     ModelLoadError for a model source) naming the option and what it accepts; no model is loaded."""
@@ -300,6 +307,8 @@ def read_settings(config) -> Settings:
     if data_dir and not data_dir.is_dir():
         raise ValueError(f"--qb-data-dir {get('qb_data_dir')!r} is not a directory")
     models = _models(get)
+    if _true(get("qb_trust_remote_code")):
+        models = tuple(dataclasses.replace(spec, trust_remote_code=True) for spec in models)
     device = resolve_device(get("qb_device") or "auto")
     precisions = [parse_precision(n) for n in split_list(get("qb_precision") or DEFAULT_PRECISIONS[device])]
     baseline_file = Path(get("qb_baseline")) if get("qb_baseline") else None
@@ -320,7 +329,7 @@ def read_settings(config) -> Settings:
         baseline=load_baseline(baseline_file) if baseline_file else None,
         save_baseline_file=Path(get("qb_save_baseline")) if get("qb_save_baseline") else None,
         fail_on=parse_tolerances(get("qb_fail_on") or ""),
-        force_baseline=str(get("qb_force_baseline") or "").lower() in ("1", "true", "yes"),
+        force_baseline=_true(get("qb_force_baseline")),
         gpus_per_worker=_int_option(get, "qb_gpus_per_worker"),
         ppl_context=context,
         ppl_stride=stride,

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from pytest_quantbench.report.plots import normalized, pareto_front
+from pytest_quantbench.report.markdown import render
 from pytest_quantbench.report.recommend import recommendations
 from pytest_quantbench.report.writer import write_reports
 from pytest_quantbench.results import Record
@@ -95,3 +96,49 @@ def test_nvml_gpus_is_empty_or_describes_visible_gpus(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert nvml_gpus() == []  # no GPU visible (and on a machine without NVML: nothing to describe either)
+
+
+def verdict_records() -> list[Record]:
+    passed = two_records()
+    passed[1].checks = [{"name": "accuracy_drop:simple", "passed": False, "message": "simple: drop 20.0 pt | > 5.0"},
+                        {"name": "max_memory_mb", "passed": True, "message": "peak 450 MB <= 1000 MB"}]
+    failed = Record("benchmarks/test_speed.py::test_speed[m-int8-greedy]", "m", "int8", "greedy", "cpu",
+                    outcome="failed", reason="Failed: threshold failed: ms/token 9.0 > 5.0\nmore detail")
+    skipped = Record("benchmarks/test_speed.py::test_speed[m-gptq-greedy]", "m", "gptq", "greedy", "cpu",
+                     outcome="skipped", reason="gptq: needs GPTQModel")
+    return [*passed, skipped, failed]
+
+
+def test_markdown_opens_with_the_verdict_and_lists_failures_first():
+    markdown = render(verdict_records(), {"command": "pytest benchmarks"}, {})
+    lines = markdown.splitlines()
+    assert lines[2] == "**FAILED**: 1 failed, 2 passed, 1 skipped; 1 of 2 threshold checks crossed."
+    assert "| `test_speed[m-int8-greedy]` | threshold failed: ms/token 9.0 > 5.0 |" in lines  # short name, first line
+    assert lines.index("## Recommendations") < lines.index("## Run") < lines.index("## By precision")
+    checks = [line for line in lines if line.startswith("| `t[m-nf4-greedy]`")]
+    assert checks[0].endswith("**FAIL**: simple: drop 20.0 pt \\| > 5.0 |") and "pass" in checks[1]  # escaped pipe
+    troubled = lines[lines.index("## Failed and skipped") + 4:]
+    assert troubled[0].startswith("| `test_speed[m-int8-greedy]` | failed") and "skipped" in troubled[1]
+
+
+def test_long_tables_fold_into_details():
+    records = [Record(f"t::t[m{i}-fp32-greedy]", f"m{i}", "fp32", "greedy", "cpu", metrics={"ms_per_token": 1.0})
+               for i in range(20)]
+    markdown = render(records, {"command": "pytest"}, {})
+    assert "<details><summary>greedy: every case (20 rows)</summary>" in markdown
+    assert "**PASSED**: 20 passed; 0 of 0 threshold checks crossed." in markdown
+
+
+def test_terminal_table_names_the_decoding_and_the_spread():
+    from pytest_quantbench.report.markdown import terminal_table
+
+    record = Record("t::t[m-nf4-sample]", "m", "nf4", "sample", "cpu",
+                    metrics={"ms_per_token": 20.0, "ms_per_token_iqr": 1.5, "tokens_per_s": 50.0})
+    header, _, row = terminal_table([record]).splitlines()
+    assert header.split() == ["model", "precision", "decoding", "ms/token", "ms/token", "IQR", "tokens/s"]
+    assert row.split() == ["m", "nf4", "sample", "20.0", "1.5", "50.0"]
+
+
+def test_recommendations_name_the_machine_in_a_merged_report():
+    merged = summary().assign(machine=["cpu-box", "cpu-box", "H200"])
+    assert recommendations(merged)[0] == "- **Fastest**: m fp32 on cpu-box (20.0 tokens/s)"

@@ -339,3 +339,42 @@ def test_the_shipped_benchmarks_run_against_the_fixture_api(pytester, tiny):
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
     tests = {r["test"].split("::")[1].split("[")[0] for r in report(pytester)["records"] if r["outcome"] == "passed"}
     assert {"test_speed", "test_memory", "test_fidelity", "test_accuracy"} <= tests
+
+
+CUSTOM_CONFIG = """
+from transformers import LlamaConfig
+
+
+class CustomLlamaConfig(LlamaConfig):
+    model_type = "custom-llama"
+"""
+CUSTOM_MODELING = """
+from transformers import LlamaForCausalLM
+
+from .configuration_custom import CustomLlamaConfig
+
+
+class CustomLlamaForCausalLM(LlamaForCausalLM):
+    config_class = CustomLlamaConfig
+"""
+
+
+def test_a_model_with_its_own_code_loads_only_when_trusted(pytester, tiny_model_dir, tmp_path):
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, custom)
+    (custom / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    (custom / "modeling_custom.py").write_text(CUSTOM_MODELING)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="custom-llama", architectures=["CustomLlamaForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomLlamaConfig",
+                            "AutoModelForCausalLM": "modeling_custom.CustomLlamaForCausalLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    pytester.makepyfile(SPEED_TEST)
+    args = (f"--qb-model=custom={custom}", "--qb-precision=fp32", "--qb-decoding=greedy", *FAST)
+    refused = pytester.runpytest(*args)
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(["*pass --qb-trust-remote-code if you trust it*"])
+    trusted = pytester.runpytest(*args, "--qb-trust-remote-code")
+    trusted.assert_outcomes(passed=1)

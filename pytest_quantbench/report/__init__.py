@@ -8,6 +8,8 @@ from ..results import METRICS, Record
 
 # The per-case table's metric columns, in METRICS order, with the header each gets in Markdown.
 COLUMNS = {name: metric.label for name, metric in METRICS.items() if metric.label}
+# The headers of the metrics that hold a labelled metric's within-run spread (the IQR over the timed repeats).
+SPREAD_COLUMNS = {metric.spread: f"{metric.label} IQR" for metric in METRICS.values() if metric.spread and metric.label}
 
 
 def lower_is_better(column: str) -> bool:

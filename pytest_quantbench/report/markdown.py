@@ -1,17 +1,20 @@
-"""The Markdown report (seed-001 style: one row per precision) and the short terminal table."""
+"""The Markdown report (a verdict first, then one row per precision) and the short terminal table."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pandas as pd
 
 from ..results import Record, device_label
-from . import COLUMNS, accuracy_columns, as_shown, perplexity_columns, records_frame
+from . import COLUMNS, SPREAD_COLUMNS, accuracy_columns, as_shown, perplexity_columns, records_frame
 from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
 # The metrics that differ between decodings, for the by-decoding tables; the terminal's short table.
 DECODING_COLUMNS = ("ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms", "peak_mem_mb")
-TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "tokens_per_s")
+TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "tokens_per_s")
+LONG_TABLE = 12  # rows above which a table is folded into <details> (GitHub and the HTML page open it on a click)
 
 
 def _table(frame: pd.DataFrame, columns: list[str], accuracy: str = "acc (%)", perplexity: str = "word ppl",
@@ -19,10 +22,15 @@ def _table(frame: pd.DataFrame, columns: list[str], accuracy: str = "acc (%)", p
     """The `columns` present in `frame` under their METRICS labels (a task's: its name and `accuracy` or
     `perplexity`), values as each column shows them."""
     present = [c for c in columns if c in frame.columns]
-    headers = {c: COLUMNS.get(c, f"{c[4:]} {accuracy}" if c.startswith("acc:") else
-                              f"{c[4:]} {perplexity}" if c.startswith("ppl:") else c) for c in present}
+    headers = {c: COLUMNS.get(c) or SPREAD_COLUMNS.get(c) or _task_header(c, accuracy, perplexity) for c in present}
     shown = pd.DataFrame({headers[c]: as_shown(c, frame[c]) for c in present})
     return shown.to_markdown(index=False, floatfmt=".1f", missingval="–", **style)
+
+
+def _task_header(column: str, accuracy: str, perplexity: str) -> str:
+    if column.startswith("acc:"):
+        return f"{column[4:]} {accuracy}"
+    return f"{column[4:]} {perplexity}" if column.startswith("ppl:") else column
 
 
 def _mode(frame: pd.DataFrame) -> list[str]:
@@ -45,12 +53,48 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="_order")
 
 
+def short_name(test: str) -> str:
+    """A test id without its file path: `test_speed[smollm2-135m-nf4-greedy]`."""
+    return test.split("::", 1)[-1]
+
+
+def folded(summary: str, table: list[str]) -> list[str]:
+    """A table as is, or folded into <details> when it is long."""
+    if len(table) - 2 <= LONG_TABLE:
+        return table
+    return [f"<details><summary>{summary} ({len(table) - 2} rows)</summary>", "", *table, "", "</details>"]
+
+
+def verdict(records: list[Record]) -> list[str]:
+    """The headline: whether the session's tests and threshold checks passed, and the failures by name."""
+    counts = Counter(r.outcome for r in records)
+    checks = [c for r in records for c in r.checks]
+    crossed = sum(not c["passed"] for c in checks)
+    tally = ", ".join(f"{counts[o]} {o}" for o in ("failed", "passed", "skipped") if counts[o])
+    lines = [f"**{'FAILED' if counts['failed'] else 'PASSED'}**: {tally or 'no tests'}; "
+             f"{crossed} of {len(checks)} threshold checks crossed."]
+    failed = [r for r in records if r.outcome == "failed"]
+    if failed:
+        lines += ["", "| failed test | why |", "| --- | --- |"]
+        lines += [f"| `{short_name(r.test)}` | {_first_line(r.reason)} |" for r in failed]
+    return lines
+
+
+def _first_line(text: str | None) -> str:
+    """The first line of a reason, fit for a table cell."""
+    line = text.strip().splitlines()[0].removeprefix("Failed: ") if text and text.strip() else ""
+    return line.replace("|", "\\|")
+
+
 def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
     frame = records_frame(records)
     versions = env.get("versions", {})
-    lines = [
-        "# quantbench report",
-        "",
+    lines = ["# quantbench report", "", *verdict(records)]
+    advice = recommendations(summary_frame(frame)) if not frame.empty else []
+    if advice:
+        lines += ["", "## Recommendations", "", *advice]
+    lines += [
+        "", "## Run", "",
         (f"Device: {device_label(env)} · torch {versions.get('torch')} · transformers {versions.get('transformers')} · "
          f"bitsandbytes {versions.get('bitsandbytes')} · commit {str(env.get('git_commit'))[:10]}" if versions
          else f"Device: {device_label(env)} · library versions and commit not recorded"),
@@ -75,14 +119,11 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
             lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
             lines += ["", _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", "compute",
                                          *accuracy, *COLUMNS])]
-        advice = recommendations(summary_frame(frame))
-        if advice:
-            lines += ["", "## Recommendations", "", *advice]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
-            lines += [f"### {decoding}", "",
-                      _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,
-                                     *DECODING_COLUMNS]), ""]
+            table = _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,
+                                   *DECODING_COLUMNS]).splitlines()
+            lines += [f"### {decoding}", "", *folded(f"{decoding}: every case", table), ""]
         lines += decoding_pivot(frame)
     lines += paired_section(records) + fidelity_section(records) + gpu_section(records)
     unstable = [r for r in records if r.metrics.get("unstable")]
@@ -90,17 +131,20 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         lines += ["", "## Unstable measurements", "",
                   ("Decode ms/token kept varying more than the target after the most repeats allowed: treat these "
                    "speeds as rough."), "", "| test | ms/token | CV (%) | repeats |", "| --- | --- | --- | --- |"]
-        lines += [f"| `{r.test}` | {r.metrics['ms_per_token']:.2f} | "
+        lines += [f"| `{short_name(r.test)}` | {r.metrics['ms_per_token']:.2f} | "
                   f"{as_shown('ms_per_token_cv', r.metrics['ms_per_token_cv']):.1f} | {r.metrics.get('repeats')} |"
                   for r in unstable]
-    checks = [(r, c) for r in records for c in r.checks]
+    checks = sorted(((r, c) for r in records for c in r.checks), key=lambda rc: rc[1]["passed"])  # failures first
     if checks:
-        lines += ["", "## Threshold checks", "", "| test | check | result |", "| --- | --- | --- |"]
-        lines += [f"| `{r.test}` | {c['name']} | {'pass' if c['passed'] else '**FAIL**'}: {c['message']} |" for r, c in checks]
-    troubled = [r for r in records if r.outcome != "passed"]
+        table = ["| test | check | result |", "| --- | --- | --- |"]
+        table += [f"| `{short_name(r.test)}` | {c['name']} | {'pass' if c['passed'] else '**FAIL**'}: {_first_line(c['message'])} |"
+                  for r, c in checks]
+        lines += ["", "## Threshold checks", "", *folded("every check", table)]
+    troubled = sorted((r for r in records if r.outcome != "passed"), key=lambda r: r.outcome != "failed")
     if troubled:
-        lines += ["", "## Skipped and failed", "", "| test | outcome | reason |", "| --- | --- | --- |"]
-        lines += [f"| `{r.test}` | {r.outcome} | {(r.reason or '').splitlines()[0] if r.reason else ''} |" for r in troubled]
+        table = ["| test | outcome | reason |", "| --- | --- | --- |"]
+        table += [f"| `{short_name(r.test)}` | {r.outcome} | {_first_line(r.reason)} |" for r in troubled]
+        lines += ["", "## Failed and skipped", "", *folded("every test that did not pass", table)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -135,5 +179,6 @@ def terminal_table(records: list[Record]) -> str:
     frame = records_frame(records)
     if frame.empty:
         return "no measurements"
-    columns = ["model", "precision", *accuracy_columns(frame), *perplexity_columns(frame), *TERMINAL_COLUMNS]
+    columns = ["model", "precision", *_mode(frame), "decoding", *accuracy_columns(frame), *perplexity_columns(frame),
+               *TERMINAL_COLUMNS]
     return _table(summary_frame(frame), columns, "%", "ppl", tablefmt="simple")

@@ -16,6 +16,10 @@ def recommendations(summary: pd.DataFrame) -> list[str]:
     if len(summary) < 2:
         return []
     label = summary["model"] + " " + summary["precision"]
+    if "machine" in summary and summary["machine"].nunique() > 1:  # a merged report: say where it was measured
+        label = label + " on " + summary["machine"].astype(str)
+    if "mode" in summary and summary["mode"].nunique() > 1:
+        label = label + " (" + summary["mode"].astype(str) + ")"
     lines = []
     accuracy = accuracy_columns(summary)
     mean_accuracy = summary[accuracy].astype(float).mean(axis=1) if accuracy else None

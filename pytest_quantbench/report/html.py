@@ -1,37 +1,69 @@
-"""An interactive HTML page of the trade-offs (Plotly, optional extra `html`)."""
+"""quantbench.html: the Markdown report as one self-contained page, with the PNG plots inlined (optional extra `html`).
+
+The page needs no network and runs no script: the Markdown is rendered as CommonMark with tables (how GitHub shows
+quantbench.md), sanitized, and each plot is a base64 `data:` image under its caption."""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
-import pandas as pd
-
 from ..results import write_atomic
-from . import accuracy_columns
+from .plots import BARS
+
+# Captions of the plots that write_plots draws, by file name; another PNG is captioned by its file name.
+CAPTIONS = {
+    **{f"{metric}.png": f"{title[0].upper()}{title[1:]} per precision" for metric, title in BARS.items()},
+    "heatmap.png": "Metrics per precision, normalized (1 = best)",
+    "accuracy_vs_memory.png": "Mean accuracy against model footprint, with the Pareto front",
+}
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; color: #1f2328; margin: 2em auto; max-width: 1200px; padding: 0 1em; }
+h1, h2 { border-bottom: 1px solid #d1d9e0; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .8em 0; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d1d9e0; padding: .25em .6em; }
+th { background: #f6f8fa; }
+tbody tr:nth-child(even) { background: #f6f8fa; }
+code { font: 13px ui-monospace, monospace; background: #eff1f3; padding: .1em .3em; border-radius: 4px; }
+td code { white-space: nowrap; }
+figure { display: inline-block; vertical-align: top; margin: 1em 1.5em 1em 0; }
+figure img { max-width: 100%; border: 1px solid #d1d9e0; }
+figcaption { color: #59636e; font-style: italic; }
+"""
 
 
-def write_html(frame: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
-    """Accuracy against memory (marker size: tokens/s) and speed per decoding, in one self-contained page."""
-    import plotly.express as px
-    import plotly.io as pio
+def markdown_to_html(text: str) -> str:
+    """Render Markdown to HTML that can hold no script, event handler or external resource, whatever a test id,
+    reason or model name in it contains; `<details>` blocks and table alignment are kept."""
+    import nh3
+    from markdown_it import MarkdownIt
 
-    figures = []
-    accuracy = accuracy_columns(summary)
-    if accuracy and "footprint_mb" in summary:
-        points = summary.assign(mean_accuracy=summary[accuracy].astype(float).mean(axis=1),
-                                size=summary.get("tokens_per_s", pd.Series(1.0, index=summary.index)).fillna(1.0))
-        figures.append(px.scatter(points, x="footprint_mb", y="mean_accuracy", color="precision", symbol="model",
-                                  size="size", hover_data=[c for c in ["ms_per_token", "peak_mem_mb", *accuracy]
-                                                           if c in points],
-                                  title="Accuracy against model footprint (marker size: tokens/s)"))
-    if "tokens_per_s" in frame:
-        figures.append(px.bar(frame, x="precision", y="tokens_per_s", color="decoding", barmode="group",
-                              facet_col="model", title="Throughput per precision and decoding"))
-    if "peak_mem_mb" in summary:
-        figures.append(px.bar(summary, x="precision", y="peak_mem_mb", color="model", barmode="group",
-                              title="Peak memory per precision"))
-    body = "\n".join(pio.to_html(f, full_html=False, include_plotlyjs="inline" if i == 0 else False)
-                     for i, f in enumerate(figures))
-    write_atomic(path, f"<!doctype html><html><head><meta charset='utf-8'><title>quantbench</title></head>"
-                       f"<body><h1>quantbench report</h1>{body}</body></html>")
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    aligned = {tag: nh3.ALLOWED_ATTRIBUTES.get(tag, set()) | {"style"} for tag in ("th", "td")}
+    # No <img>: the only images are the plots, added after cleaning.
+    return nh3.clean(rendered, tags=nh3.ALLOWED_TAGS - {"img"}, attributes={**nh3.ALLOWED_ATTRIBUTES, **aligned},
+                     filter_style_properties={"text-align"})
+
+
+def figure(png: Path) -> str:
+    """One plot as an inline image with its caption, which is also its alt text."""
+    caption = html.escape(CAPTIONS.get(png.name, png.stem.replace("_", " ")))
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def write_html(markdown: str, plots: list[Path], path: Path) -> Path:
+    """The page: the Markdown report, then a Plots section with each PNG in `plots`."""
+    title = next((line[2:].strip() for line in markdown.splitlines() if line.startswith("# ")), "quantbench report")
+    body = markdown_to_html(markdown)
+    figures = [figure(p) for p in plots if p.suffix == ".png"]
+    if figures:
+        body += "<h2>Plots</h2>\n" + "\n".join(figures) + "\n"
+    write_atomic(path, f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                       f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                       f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+                       f"<body>\n{body}</body></html>\n")
     return path

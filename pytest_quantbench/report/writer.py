@@ -12,6 +12,8 @@ from .markdown import render, summary_frame
 from .plots import write_plots
 
 JSON_NAME, MARKDOWN_NAME, CSV_NAME, HTML_NAME = "quantbench.json", "quantbench.md", "quantbench.csv", "quantbench.html"
+# What the HTML page is rendered with (the `html` extra).
+HTML_NEEDS = ("markdown_it", "nh3")
 
 
 def models_info(records: list[Record]) -> dict[str, dict]:
@@ -25,7 +27,8 @@ def models_info(records: list[Record]) -> dict[str, dict]:
 
 def write_reports(records: list[Record], report_dir: Path, command: str, env: dict | None = None,
                   write_json: bool = True, merged_from: list[dict] | None = None) -> list[Path]:
-    """JSON, Markdown, CSV and (with matplotlib) PNG plots; `env` from a saved report, else this machine's.
+    """JSON, Markdown, CSV, (with matplotlib) PNG plots and (with the html extra) the HTML page; `env` from a saved
+    report, else this machine's.
     `merged_from`: the reports a merged one joins, recorded in its JSON."""
     devices = [r.device for r in records]
     shown_env = env or environment("cuda" if "cuda" in devices else "cpu", command)
@@ -37,18 +40,19 @@ def write_reports(records: list[Record], report_dir: Path, command: str, env: di
         if merged_from is not None:
             data["merged_from"] = merged_from
         write_atomic(json_path, json.dumps(data, indent=2, default=str) + "\n")
-    write_atomic(markdown_path, render(records, shown_env, models))
+    markdown = render(records, shown_env, models)
+    write_atomic(markdown_path, markdown)
     paths = [json_path, markdown_path] if write_json else [markdown_path]
-    frame = records_frame(records)
+    frame, plots = records_frame(records), []
     if not frame.empty:
         csv_path = Path(report_dir) / CSV_NAME
         write_atomic(csv_path, frame.to_csv(index=False))
         paths.append(csv_path)
-        summary = summary_frame(frame)
         if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
-            paths += write_plots(summary, Path(report_dir) / "plots")
-        if importlib.util.find_spec("plotly") is not None:  # so is the interactive page
-            from .html import write_html
+            plots = write_plots(summary_frame(frame), Path(report_dir) / "plots")
+            paths += plots
+    if all(importlib.util.find_spec(name) is not None for name in HTML_NEEDS):  # so is the page
+        from .html import write_html
 
-            paths.append(write_html(frame, summary, Path(report_dir) / HTML_NAME))
+        paths.append(write_html(markdown, plots, Path(report_dir) / HTML_NAME))
     return paths

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..results import Record, environment, report_dict, write_atomic
 from . import records_frame
 from .markdown import render, summary_frame
-from .plots import write_plots
+from .plots import recorded_baselines, write_plots
 
 JSON_NAME, MARKDOWN_NAME, CSV_NAME, HTML_NAME = "quantbench.json", "quantbench.md", "quantbench.csv", "quantbench.html"
 
@@ -46,7 +46,7 @@ def write_reports(records: list[Record], report_dir: Path, command: str, env: di
         paths.append(csv_path)
         summary = summary_frame(frame)
         if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
-            paths += write_plots(summary, Path(report_dir) / "plots")
+            paths += write_plots(summary, Path(report_dir) / "plots", recorded_baselines(records))
         if importlib.util.find_spec("plotly") is not None:  # so is the interactive page
             from .html import write_html
 

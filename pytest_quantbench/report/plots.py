@@ -273,8 +273,8 @@ def _heatmap(summary: pd.DataFrame, metrics: list[str], baselines: dict, path: P
     panels = heatmap_panels(summary, metrics, baselines)
     labels = row_labels(summary)
     width = max(len(p.metrics) for p in panels) * 1.15 + 3.5
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, max(3.6, sum(0.45 * len(p.values) + 1.6 for p in panels) + 0.6)),
-                             dpi=DPI, squeeze=False, layout="constrained",
+    height = max(3.6, sum(0.45 * len(p.values) + 1.6 for p in panels) + 0.6)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, height), dpi=DPI, squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": [len(p.values) + 2.5 for p in panels]})
     cmap, norm = colour_scale()
     for ax, panel in zip(axes[:, 0], panels):

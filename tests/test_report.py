@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pytest_quantbench.report.plots import normalized, pareto_front
 from pytest_quantbench.report.markdown import render
+from pytest_quantbench.report.plots import normalized, pareto_front
 from pytest_quantbench.report.recommend import recommendations
 from pytest_quantbench.report.writer import write_reports
 from pytest_quantbench.results import Record

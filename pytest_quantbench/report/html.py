@@ -10,12 +10,12 @@ import html
 from pathlib import Path
 
 from ..results import write_atomic
-from .plots import BARS
+from .plots import BARS, axis_label
 
 # Captions of the plots that write_plots draws, by file name; another PNG is captioned by its file name.
 CAPTIONS = {
-    **{f"{metric}.png": f"{title[0].upper()}{title[1:]} per precision" for metric, title in BARS.items()},
-    "heatmap.png": "Metrics per precision, normalized (1 = best)",
+    **{f"{metric}.png": f"{axis_label(metric)} per precision" for metric in BARS},
+    "heatmap.png": "Each metric against the baseline precision, per model (blue better, red worse)",
     "accuracy_vs_memory.png": "Mean accuracy against model footprint, with the Pareto front",
 }
 

@@ -71,8 +71,9 @@ def verdict(records: list[Record]) -> list[str]:
     checks = [c for r in records for c in r.checks]
     crossed = sum(not c["passed"] for c in checks)
     tally = ", ".join(f"{counts[o]} {o}" for o in ("failed", "passed", "skipped") if counts[o])
-    lines = [f"**{'FAILED' if counts['failed'] else 'PASSED'}**: {tally or 'no tests'}; "
-             f"{crossed} of {len(checks)} threshold checks crossed."]
+    headline = (f"**{'FAILED' if counts['failed'] else 'PASSED'}**: {tally or 'no tests'}; "
+                f"{crossed} of {len(checks)} threshold checks crossed.")
+    lines = [headline]
     failed = [r for r in records if r.outcome == "failed"]
     if failed:
         lines += ["", "| failed test | why |", "| --- | --- |"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..results import Record, environment, report_dict, write_atomic
 from . import records_frame
 from .markdown import render, summary_frame
-from .plots import write_plots
+from .plots import recorded_baselines, write_plots
 
 JSON_NAME, MARKDOWN_NAME, CSV_NAME, HTML_NAME = "quantbench.json", "quantbench.md", "quantbench.csv", "quantbench.html"
 # What the HTML page is rendered with (the `html` extra).
@@ -49,7 +49,7 @@ def write_reports(records: list[Record], report_dir: Path, command: str, env: di
         write_atomic(csv_path, frame.to_csv(index=False))
         paths.append(csv_path)
         if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
-            plots = write_plots(summary_frame(frame), Path(report_dir) / "plots")
+            plots = write_plots(summary_frame(frame), Path(report_dir) / "plots", recorded_baselines(records))
             paths += plots
     if all(importlib.util.find_spec(name) is not None for name in HTML_NEEDS):  # so is the page
         from .html import write_html

@@ -25,31 +25,27 @@ _LLAMA3 = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "r
            "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                             "original_max_position_embeddings": 8192}}
 
+
+
+def _decoder(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int, tied: bool) -> dict:
+    """A decoder's shape in config.json's names."""
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": vocab,
+            "tie_word_embeddings": tied}
+
+
 # Shapes copied from the models' published config.json files.
 PRESETS: dict[str, dict] = {
     "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                      "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
                      "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
                      "max_position_embeddings": 8192},
-    "qwen2.5-0.5b": {**_QWEN, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-                     "tie_word_embeddings": True},
-    "qwen2.5-7b": {**_QWEN, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                   "tie_word_embeddings": False},
-    # DeepSeek-R1-Distill-Qwen-14B has this shape.
-    "qwen2.5-14b": {**_QWEN, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48,
-                    "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064,
-                    "tie_word_embeddings": False},
-    "qwen2.5-32b": {**_QWEN, "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64,
-                    "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064,
-                    "tie_word_embeddings": False},
-    "llama-3.2-1b": {**_LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-                     "tie_word_embeddings": True},
-    "llama-3.1-70b": {**_LLAMA3, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                      "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
-                      "tie_word_embeddings": False},
+    "qwen2.5-0.5b": {**_QWEN, **_decoder(896, 4864, 24, 14, 2, 151936, tied=True)},
+    "qwen2.5-7b": {**_QWEN, **_decoder(3584, 18944, 28, 28, 4, 152064, tied=False)},
+    "qwen2.5-14b": {**_QWEN, **_decoder(5120, 13824, 48, 40, 8, 152064, tied=False)},  # DeepSeek-R1-Distill-Qwen-14B's
+    "qwen2.5-32b": {**_QWEN, **_decoder(5120, 27648, 64, 40, 8, 152064, tied=False)},
+    "llama-3.2-1b": {**_LLAMA3, **_decoder(2048, 8192, 16, 32, 8, 128256, tied=True), "head_dim": 64},
+    "llama-3.1-70b": {**_LLAMA3, **_decoder(8192, 28672, 80, 64, 8, 128256, tied=False)},
     "phi-2": {"model_type": "phi", "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 51200, "hidden_act": "gelu_new",
               "partial_rotary_factor": 0.4, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,

@@ -14,7 +14,10 @@ Speed, without changing a number (beyond float rounding):
 - longer choices (ARC's answer texts) continue from the context's key/value cache, all choices of a batch together;
 - only the logits that are scored are computed (`logits_to_keep`): the vocabulary projection dominates small models;
 - groups are sorted by length and batched under a token budget, left-padded with explicit position ids, so padding
-  is small and does not move any position.
+  is small and does not move any position;
+- contexts that begin with the same long run of tokens (a subject's few-shot examples, the same for each of its
+  questions) share it: the run goes through the model once, and each context's remaining tokens are scored from
+  its key/value cache, so k-shot costs little more than 0-shot.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 
 TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing, on a GPU raise it
 SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
+MIN_SHARED = 64  # tokens a run of context must hold to be computed once and shared
+SHARED_BUDGET = 16384  # shared-prefix tokens held per pass (the prefix's key/value cache, repeated per row)
 
 
 @dataclass
@@ -110,14 +115,50 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _score_batch(model, groups: list[Group], pad_id: int) -> dict[int, tuple[float, bool]]:
-    """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it."""
+def shared_prefixes(groups: list[Group], min_shared: int = MIN_SHARED) -> list[tuple[int, list[int]]]:
+    """(length of the token run shared, group indices) for every set of two or more contexts that begin with the same
+    `min_shared` tokens or more; each context keeps at least one token of its own (its last position is scored)."""
+    order = sorted(range(len(groups)), key=lambda i: groups[i].context)
+    clusters: list[tuple[int, list[int]]] = []
+    for i in order:
+        context = groups[i].context
+        if clusters:
+            shared, members = clusters[-1]
+            first = groups[members[0]].context
+            common = next((k for k in range(min(shared, len(context))) if context[k] != first[k]), min(shared, len(context)))
+            common = min(common, len(context) - 1)
+            if common >= min_shared:
+                clusters[-1] = (common, [*members, i])
+                continue
+        clusters.append((len(context) - 1, [i]))
+    return [(shared, members) for shared, members in clusters if len(members) > 1]
+
+
+def _prefix_cache(model, tokens: list[int]):
+    """The key/value cache of a run of tokens that several contexts begin with."""
+    import torch
+
+    ids = torch.tensor([tokens], device=model.device)
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def _score_batch(model, groups: list[Group], pad_id: int, prefix=None) -> dict[int, tuple[float, bool]]:
+    """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it.
+    `prefix` (length, cache): the contexts are what follows a shared run of that many tokens, held in `cache`."""
     import torch
 
     device = model.device
     ids, mask, positions = _left_padded([g.context for g in groups], pad_id, device)
     longer = [(gi, ci) for gi, g in enumerate(groups) for ci, c in enumerate(g.continuations) if len(c) > 1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(longer), logits_to_keep=1)
+    shared = {}
+    if prefix is not None:  # the shared run sits before each row's padding: masked pads between, positions after it
+        length, cache = prefix
+        mask = torch.cat([torch.ones((len(groups), length), dtype=mask.dtype, device=device), mask], dim=1)
+        positions = positions + length
+        shared = {_cache_argument(model): _select_cache(cache, torch.zeros(len(groups), dtype=torch.long,
+                                                                            device=device))}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(longer), logits_to_keep=1,
+                **shared)
     first = out.logits[:, -1, :].float().log_softmax(-1)  # [groups, vocab]: scores each continuation's first token
     results: dict[int, tuple[float, bool]] = {}
     greedy_first = first.argmax(-1).tolist()
@@ -172,19 +213,26 @@ def _select_cache(cache, rows):
 
 
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length: int | None = None,
-                  token_budget: int = TOKEN_BUDGET, progress=None) -> list[tuple[float, bool]]:
-    """(log p(continuation | context), is_greedy) per request, in request order."""
+                  token_budget: int = TOKEN_BUDGET, progress=None, share_prefixes: bool = True) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), is_greedy) per request, in request order; `share_prefixes`: long runs of
+    tokens that contexts begin with go through the model once."""
     import torch
 
     max_length = max_length or model_max_length(model)
     groups = group_requests(tokenizer, requests, max_length)
     results: dict[int, tuple[float, bool]] = {}
     pad_id = _pad_id(tokenizer)
+    clusters = shared_prefixes(groups) if share_prefixes else []
+    alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
     with torch.inference_mode():
-        for batch in batches([len(g.context) for g in groups], token_budget):
-            results.update(_score_batch(model, [groups[i] for i in batch], pad_id))
-            if progress is not None:
-                progress(sum(len(groups[i].indices) for i in batch))
+        for length, members in [(0, alone), *clusters]:
+            prefix = (length, _prefix_cache(model, groups[members[0]].context[:length])) if length else None
+            rest = [Group(groups[i].context[length:], groups[i].continuations, groups[i].indices) for i in members]
+            rows = max(1, SHARED_BUDGET // length) if length else 256
+            for batch in batches([len(g.context) for g in rest], token_budget, max_rows=rows):
+                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix))
+                if progress is not None:
+                    progress(sum(len(rest[i].indices) for i in batch))
     return [results[i] for i in range(len(requests))]
 
 

@@ -12,6 +12,13 @@ import pytest
 # operators at import and fails when imported a second time, so import it once here, before any inner session.
 if importlib.util.find_spec("bitsandbytes") is not None:
     import bitsandbytes  # noqa: F401
+# The same for matplotlib: its package object would outlive submodules dropped after an inner session, and the
+# re-imported submodules' classes would no longer match (plt.subplots: "Single argument to subplot ...").
+if importlib.util.find_spec("matplotlib") is not None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers with torch's default two threads each oversubscribe two cores and slow every model test ~10x.

@@ -263,7 +263,7 @@ def test_markdown_report():
     assert re.search(r"\| m +\| fp32 +\|", text) and re.search(r"\| m +\| nf4 +\|", text)
     assert "simple acc (%)" in text and "dequantized Q4_1" in text
     assert "**FAIL**: simple: nf4 accuracy 50.0% vs fp32 60.0%" in text
-    assert "| `b.py::t[m-int8-greedy]` | skipped | int8 needs bitsandbytes |" in text
+    assert "| `t[m-int8-greedy]` | skipped | int8 needs bitsandbytes |" in text  # test ids without their file
 
 
 def test_resolve_model(tmp_path):

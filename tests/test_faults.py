@@ -99,4 +99,5 @@ def test_killed_xdist_worker_shows_as_crashed_and_loses_nothing_finished(pyteste
         assert crash["test"] == crashed_test and crash["worker"].startswith("gw")
         assert f"worker '{crash['worker']}' crashed" in crash["reason"]
     markdown = (pytester.path / ".quantbench" / "quantbench.md").read_text()
-    assert f"| `{crashed_test}` | crashed | worker '" in markdown
+    assert f"| `{crashed_test.split('::', 1)[1]}` | crashed | worker '" in markdown
+    assert markdown.splitlines()[2].startswith("**FAILED**: 1 crashed, 4 passed")

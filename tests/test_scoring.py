@@ -119,3 +119,22 @@ def test_loglikelihood_rolling_matches_hand_values_for_any_window():
     for context, stride in ((8, None), (2, 1), (3, 2)):
         [(total, n)] = scoring.loglikelihood_rolling(model, tok, ["abab"], context, stride)
         assert n == 4 and total == pytest.approx(3 * HIT + MISS, abs=1e-6)
+
+
+def test_contexts_that_begin_alike_share_that_run_and_score_the_same():
+    model, tok = BigramModel(), CharTokenizer()
+    shots = "ab x" * 20  # 80 tokens every context begins with, as a subject's few-shot examples
+    requests = [(shots + question, choice) for question in ("ba", "xa b", "a") for choice in ("b", " a", "x")]
+    shared = scoring.loglikelihood(model, tok, requests, max_length=200)
+    unshared = scoring.loglikelihood(model, tok, requests, max_length=200, share_prefixes=False)
+    assert shared == unshared
+    # The 80 shared tokens (minus the last, which each context keeps) pass once; then only each question's rest.
+    assert model.calls[0][:2] == (1, 80) and sum(rows * width for rows, width, _ in model.calls[1:3]) < 20
+
+
+def test_shared_prefixes_need_two_contexts_and_min_shared_tokens():
+    groups = [scoring.Group(list(range(70)) + [i]) for i in (100, 101)] + [scoring.Group([5] * 70)]
+    assert scoring.shared_prefixes(groups) == [(70, [0, 1])]
+    assert scoring.shared_prefixes(groups, min_shared=71) == []
+    whole = [scoring.Group(list(range(70))), scoring.Group(list(range(80)))]  # one context is the other's beginning
+    assert scoring.shared_prefixes(whole) == [(69, [0, 1])]

@@ -65,3 +65,21 @@ def test_rolling_batched_equals_alone_within_1e4(smollm2):
         [(alone, n_alone)] = scoring.loglikelihood_rolling(model, tokenizer, [text], context_length=24, stride=16,
                                                            token_budget=1)
         assert n == n_alone and abs(total - alone) < 1e-4
+
+
+def test_few_shot_contexts_scored_from_their_shared_examples_equal_the_full_contexts(smollm2):
+    """MMLU 5-shot: a subject's five examples go through the model once; each question continues from their cache."""
+    from pytest_quantbench import scoring
+    from pytest_quantbench.tasks import get_task
+
+    model, tokenizer = smollm2
+    task = get_task("mmlu_5shot")
+    docs = task.load(DATA, "test")[:3]
+    shots = task.shots_for(docs, DATA)
+    requests = [r for doc in docs for r in task.requests(doc, shots(doc))]
+    groups = scoring.group_requests(tokenizer, requests, scoring.model_max_length(model))
+    assert scoring.shared_prefixes(groups), "the questions of a subject should share their examples"
+    shared = scoring.loglikelihood(model, tokenizer, requests)
+    full = scoring.loglikelihood(model, tokenizer, requests, share_prefixes=False)
+    assert max(abs(a[0] - b[0]) for a, b in zip(shared, full)) < 1e-4
+    assert [a[1] for a in shared] == [b[1] for b in full]

@@ -70,11 +70,12 @@ def verdict(records: list[Record]) -> list[str]:
     counts = Counter(r.outcome for r in records)
     checks = [c for r in records for c in r.checks]
     crossed = sum(not c["passed"] for c in checks)
-    tally = ", ".join(f"{counts[o]} {o}" for o in ("failed", "passed", "skipped") if counts[o])
-    headline = (f"**{'FAILED' if counts['failed'] else 'PASSED'}**: {tally or 'no tests'}; "
+    order = ["failed", *sorted(set(counts) - {"failed", "passed", "skipped"}), "passed", "skipped"]  # e.g. crashed
+    tally = ", ".join(f"{counts[o]} {o}" for o in order if counts[o])
+    failed = [r for r in records if r.outcome not in ("passed", "skipped")]
+    headline = (f"**{'FAILED' if failed else 'PASSED'}**: {tally or 'no tests'}; "
                 f"{crossed} of {len(checks)} threshold checks crossed.")
     lines = [headline]
-    failed = [r for r in records if r.outcome == "failed"]
     if failed:
         lines += ["", "| failed test | why |", "| --- | --- |"]
         lines += [f"| `{short_name(r.test)}` | {_first_line(r.reason)} |" for r in failed]
@@ -141,7 +142,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         table += [f"| `{short_name(r.test)}` | {c['name']} | {'pass' if c['passed'] else '**FAIL**'}: {_first_line(c['message'])} |"
                   for r, c in checks]
         lines += ["", "## Threshold checks", "", *folded("every check", table)]
-    troubled = sorted((r for r in records if r.outcome != "passed"), key=lambda r: r.outcome != "failed")
+    troubled = sorted((r for r in records if r.outcome != "passed"), key=lambda r: r.outcome == "skipped")
     if troubled:
         table = ["| test | outcome | reason |", "| --- | --- | --- |"]
         table += [f"| `{short_name(r.test)}` | {r.outcome} | {_first_line(r.reason)} |" for r in troubled]

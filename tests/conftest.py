@@ -18,7 +18,7 @@ if importlib.util.find_spec("matplotlib") is not None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers with torch's default two threads each oversubscribe two cores and slow every model test ~10x.

@@ -22,6 +22,7 @@ Speed, without changing a number (beyond float rounding):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing, on a GPU raise it
@@ -124,9 +125,7 @@ def shared_prefixes(groups: list[Group], min_shared: int = MIN_SHARED) -> list[t
         context = groups[i].context
         if clusters:
             shared, members = clusters[-1]
-            first = groups[members[0]].context
-            common = next((k for k in range(min(shared, len(context))) if context[k] != first[k]), min(shared, len(context)))
-            common = min(common, len(context) - 1)
+            common = min(len(os.path.commonprefix([groups[members[0]].context[:shared], context])), len(context) - 1)
             if common >= min_shared:
                 clusters[-1] = (common, [*members, i])
                 continue

@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .decoding import Decoding, parse_decoding
 from .models import ModelSpec, resolve_models
@@ -81,8 +82,27 @@ OPTIONS = [
 ]
 
 
+# Ini keys that hold a number or a switch are typed, so pytest's --help names the type and a TOML file may write
+# `qb_warmup = 2`; an empty value still means the default. Untyped (strings) before pytest 9.2's type expressions.
+INI_TYPES = {
+    **dict.fromkeys(("qb_max_new_tokens", "qb_limit", "qb_ppl_context", "qb_ppl_stride", "qb_warmup", "qb_repeats",
+                     "qb_max_repeats", "qb_gpus_per_worker", "qb_calibration_samples", "qb_calibration_seq_len"), int),
+    **dict.fromkeys(("qb_target_cv", "qb_max_time", "qb_max_accuracy_drop", "qb_max_memory_mb", "qb_max_footprint_mb",
+                     "qb_min_tokens_per_s", "qb_max_ms_per_token", "qb_max_kl", "qb_min_top1_agreement",
+                     "qb_max_perplexity_increase"), float),
+    **dict.fromkeys(("qb_force_baseline", "qb_trust_remote_code"), bool),
+}
+
+
+def _typed_ini() -> bool:
+    import pytest
+
+    return tuple(int(part) for part in re.findall(r"\d+", pytest.__version__)[:2]) >= (9, 2)
+
+
 def add_options(addoption, addini) -> None:
     """Register every option and its ini key (used by the plugin and by tests)."""
+    typed = _typed_ini()
     for flag, ini, help_text, default in OPTIONS:
         if default is not None and "default" not in help_text:  # as pytest-benchmark's options say theirs
             help_text = f"{help_text}. Default: {default}"
@@ -93,7 +113,8 @@ def add_options(addoption, addini) -> None:
             addoption(flag, action="store_const", const="true", dest=ini, default=None, help=option_help)
         else:
             addoption(flag, dest=ini, default=None, help=option_help)
-        addini(ini, help=help_text, default=default)
+        kind = INI_TYPES.get(ini) if typed else None
+        addini(ini, help=help_text, default=default, **({"type": kind | Literal[""]} if kind else {}))
 
 
 @dataclass(frozen=True)

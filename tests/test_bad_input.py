@@ -78,7 +78,7 @@ def test_bad_option_is_a_usage_error(pytester, args, message):
 
 
 @pytest.mark.parametrize(("ini", "message"), [
-    ("qb_max_memory_mb = -1", "--qb-max-memory-mb must be a finite number >= 0, got '-1'"),
+    ("qb_max_memory_mb = -1", "--qb-max-memory-mb must be a finite number >= 0, got -1"),
     ("qb_max_new_tokens = 0", "--qb-max-new-tokens must be at least 2"),
     ("qb_model =", "--qb-model is empty"),
 ])
@@ -86,6 +86,30 @@ def test_bad_ini_value_is_a_usage_error(pytester, ini, message):
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(SPEED_TEST)
     assert_usage_error(pytester.runpytest(), message)
+
+
+@pytest.mark.parametrize(("ini", "message"), [
+    ("qb_warmup = two", "tox.ini: config option 'qb_warmup' expects one of int | '', got str: 'two'"),
+    ("qb_force_baseline = maybe", "tox.ini: config option 'qb_force_baseline' expects one of bool | '', got str"),
+])
+def test_a_typed_ini_key_names_its_type(pytester, ini, message):
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert_no_traceback(result.outlines + result.errlines)
+
+
+def test_typed_ini_keys_take_native_toml_numbers_and_empty_means_default(pytester, tiny):
+    pytester.makepyprojecttoml('[tool.pytest]\nqb_max_new_tokens = 4\nqb_max_time = 2.5\nqb_force_baseline = false\n'
+                               'qb_decoding = "greedy"\n')
+    pytester.makepyfile(SPEED_TEST)
+    result = pytester.runpytest("--collect-only", "-q", tiny, *ONE_CASE)
+    result.stdout.fnmatch_lines(["*1 test collected*"])
+    pytester.makeini("[pytest]\nqb_warmup =\nqb_max_time =\n")
+    result = pytester.runpytest("--collect-only", "-q", tiny, *ONE_CASE)
+    result.stdout.fnmatch_lines(["*1 test collected*"])
 
 
 def test_smallest_accepted_values_collect(pytester, tiny):

@@ -26,7 +26,8 @@ def report(pytester, name="quantbench.json"):
 def test_help_shows_quantbench_group(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*quantbench: LLM quantization benchmarks*", "*--qb-model*", "*--qb-precision*",
-                                 "*--qb-decoding*", "*--qb-report-dir*", "*qb_model (string)*"])
+                                 "*--qb-decoding*", "*--qb-report-dir*", "*qb_model (string)*",
+                                 "*qb_warmup (int*", "*qb_max_kl (float*", "*qb_trust_remote_code (bool*"])
 
 
 def test_ids_and_keyword_selection(pytester, tiny):

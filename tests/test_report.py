@@ -40,10 +40,27 @@ def test_normalized_ties_are_all_best_either_way():
 def test_recommendations():
     lines = recommendations(summary())
     assert lines[0] == "- **Fastest**: m fp32 (20.0 tokens/s)"
-    assert lines[1] == "- **Most accurate**: m fp32 (mean accuracy 60.0%)"
+    assert lines[1] == "- **Most accurate**: m fp32 (mean accuracy 60.0% over simple)"
     assert lines[2].startswith("- **Smallest within 5 pt of the most accurate**: m int8 (200.0 MB")
     # fp32 (0 + 1 + 0 + 1) / 4 = 0.5; int8 (0.857 + 0 + 0.667 + 0.9) / 4 = 0.606; nf4 (1 + 0.5 + 1 + 0) / 4 = 0.625
     assert lines[3].startswith("- **Best overall balance**: m nf4 (mean normalized score 0.6")
+
+
+def test_recommendations_rank_on_the_tasks_every_precision_ran():
+    # nf4 has the best mean only because it skipped the hard task: ranked on `simple` alone, fp32 leads
+    uneven = summary().assign(**{"acc:hard": [20.0, 18.0, None], "acc:simple": [60.0, 58.0, 59.0]})
+    lines = recommendations(uneven)
+    assert lines[1] == "- **Most accurate**: m fp32 (mean accuracy 60.0% over simple)"
+
+
+@pytest.mark.parametrize(("items", "says"), [
+    (12, "; on 12 items differences under 54 pt cannot be told from noise"),  # a 30-point gap can be chance
+    (4, "; on 4 items differences under 100 pt"),
+    (5000, ")"),  # enough items to see the 5-point budget: no caveat
+])
+def test_recommendations_say_which_accuracy_gaps_are_noise(items, says):
+    lines = recommendations(summary().assign(**{"n:simple": items}))
+    assert lines[1].startswith("- **Most accurate**: m fp32 (mean accuracy 60.0% over simple" + says)
 
 
 def two_records() -> list[Record]:

@@ -42,6 +42,8 @@ def records_frame(records: list[Record]) -> pd.DataFrame:
             row.setdefault(name, value)
         for task, value in record.accuracy_pct.items():
             row.setdefault(f"acc:{task}", value)
+            if "n" in record.task_details.get(task, {}):  # the items behind it: how far apart is still noise
+                row.setdefault(f"n:{task}", record.task_details[task]["n"])
         for task, details in record.task_details.items():  # tasks without accuracy: their perplexity
             if task not in record.accuracy_pct and "word_perplexity" in details.get("metrics", {}):
                 row.setdefault(f"ppl:{task}", details["metrics"]["word_perplexity"])

@@ -30,22 +30,26 @@ from dataclasses import dataclass, field
 TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing
 SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
 MAX_ROWS = 256  # rows per forward pass
+SLACK = 32  # tokens a row may be shorter than its batch's longest, whatever the share (see batches)
 MIN_SHARED = 64  # tokens a run of context must hold to be computed once and shared
 SHARED_BUDGET = 16384  # shared-prefix tokens held per pass (the prefix's key/value cache, repeated per row)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """What one forward pass may hold: padded input tokens, positions whose logits are kept, rows."""
+    """What one forward pass may hold: padded input tokens, positions whose logits are kept, rows; and the padding
+    a row may carry (`slack` tokens, beside a tenth of its batch's longest)."""
 
     tokens: int = TOKEN_BUDGET
     scored: int = SCORED_BUDGET
     rows: int = MAX_ROWS
+    slack: int = SLACK
 
 
 # The most a GPU pass holds: 64k tokens of a 135M model are ~18 TFLOP (~35 ms on an H200) against a few ms of kernel
-# launches, so a larger pass would only hold more memory.
-GPU_CAP = Budget(tokens=65536, scored=16384, rows=1024)
+# launches, so a larger pass would only hold more memory. With a thousand rows a pass, 32 tokens of slack a row
+# would be 32k padded tokens, more than a pass costs: the GPU keeps 8.
+GPU_CAP = Budget(tokens=65536, scored=16384, rows=1024, slack=8)
 
 
 def default_budget(config, dtype_bytes: int, free_bytes: int | None) -> Budget:
@@ -68,7 +72,7 @@ def default_budget(config, dtype_bytes: int, free_bytes: int | None) -> Budget:
     usable = free_bytes // 2  # the rest: the allocator's fragmentation, attention masks, the other side's batches
     tokens = min(GPU_CAP.tokens, max(TOKEN_BUDGET, usable // 2 // per_token // 1024 * 1024))
     scored = min(GPU_CAP.scored, max(SCORED_BUDGET, usable // 4 // per_scored // 1024 * 1024))
-    return Budget(tokens=tokens, scored=scored, rows=GPU_CAP.rows)  # a row keeps one position: `scored` covers it
+    return Budget(tokens, scored, GPU_CAP.rows, GPU_CAP.slack)  # a row keeps one position: `scored` covers it
 
 
 def budget_for(model, token_budget: int | Budget | None = None) -> Budget:
@@ -168,7 +172,8 @@ def _left_padded(rows: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The token padding fills rows with: the tokenizer's pad token, else EOS (masked out either way)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -198,7 +203,7 @@ def _prefix_cache(model, tokens: list[int]):
 
 
 def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
-                 scored_budget: int = SCORED_BUDGET) -> dict[int, tuple[float, bool]]:
+                 budget: Budget = Budget()) -> dict[int, tuple[float, bool]]:
     """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it.
     `prefix` (length, cache): the contexts are what follows a shared run of that many tokens, held in `cache`."""
     import torch
@@ -225,9 +230,11 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
         return results
     cache = getattr(out, "cache", None) or out.past_key_values
     context_lengths = mask.sum(-1)
-    per_pass = max(1, scored_budget // max(len(groups[g].continuations[c]) for g, c in longer))
-    for start in range(0, len(longer), per_pass):
-        chunk = longer[start : start + per_pass]
+    # Continuations sorted by length into passes of kept positions within budget: padded to the longest of all,
+    # ARC's answers (2 to 30 tokens) were 3x padding.
+    widths = [len(groups[g].continuations[c]) - 1 for g, c in longer]
+    for part in batches(widths, budget.scored, max_rows=budget.scored, slack=budget.slack):
+        chunk = [longer[i] for i in part]
         rows = [groups[g].continuations[c] for g, c in chunk]
         owner = torch.tensor([g for g, _ in chunk], device=device)
         width = max(len(r) for r in rows) - 1  # the last token of a continuation is only predicted, never input
@@ -281,7 +288,7 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
     budget = budget_for(model, token_budget)
     groups = group_requests(tokenizer, requests, max_length)
     results: dict[int, tuple[float, bool]] = {}
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     if share_prefixes is None:
         share_prefixes = model.device.type == "cpu"
     clusters = shared_prefixes(groups) if share_prefixes else []
@@ -291,8 +298,8 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
             prefix = (length, _prefix_cache(model, groups[members[0]].context[:length])) if length else None
             rest = [Group(groups[i].context[length:], groups[i].continuations, groups[i].indices) for i in members]
             rows = max(1, SHARED_BUDGET // length) if length else budget.rows
-            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows):
-                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix, budget.scored))
+            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows, slack=budget.slack):
+                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix, budget))
                 if progress is not None:
                     progress(sum(len(rest[i].indices) for i in batch))
     return [results[i] for i in range(len(requests))]
@@ -325,7 +332,7 @@ def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: in
     context_length = context_length or model_max_length(model)
     stride = stride or context_length
     budget = budget_for(model, token_budget)
-    prefix, pad_id = prefix_token_id(tokenizer), _pad_id(tokenizer)
+    prefix, pad_id = prefix_token_id(tokenizer), pad_token_id(tokenizer)
     work = []  # (text index, input tokens, target tokens)
     counts = []
     for t, text in enumerate(texts):
@@ -336,7 +343,8 @@ def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: in
             work.append((t, sequence[start:end], tokens[first:end]))
     sums = [0.0] * len(texts)
     with torch.inference_mode():
-        for batch in batches([len(w[1]) for w in work], max(budget.tokens, context_length), max_rows=budget.rows):
+        for batch in batches([len(w[1]) for w in work], max(budget.tokens, context_length), max_rows=budget.rows,
+                             slack=budget.slack):
             rows = [work[i] for i in batch]
             keep = max(len(targets) for _, _, targets in rows)
             for part in _split_rows(rows, keep, budget.scored):

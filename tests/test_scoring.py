@@ -158,11 +158,11 @@ def test_gpu_budget_from_free_memory_and_the_model_shape():
     # bf16: per token 2 * (8*64 + 3*128 + 6*2*2*(2*16)) = 3,328 bytes; per kept position 500 * (2 + 8) = 5,000.
     # 200 MiB free: half planned for; tokens 52,428,800 / 3,328 = 15,753 -> 15,360; scored 26,214,400 / 5,000 = 5,242
     # -> 5,120 (whole thousands of 1,024).
-    assert scoring.default_budget(_config(), 2, 200 << 20) == scoring.Budget(15360, 5120, 1024)
+    assert scoring.default_budget(_config(), 2, 200 << 20) == scoring.Budget(15360, 5120, 1024, 8)
     # A wider key/value head (head_dim 64) doubles the cache term: 2 * (512 + 384 + 3,072) = 7,936 bytes a token.
     assert scoring.default_budget(_config(head_dim=64), 2, 200 << 20).tokens == 52428800 // 7936 // 1024 * 1024
     assert scoring.default_budget(_config(), 2, 1 << 40) == scoring.GPU_CAP
-    assert scoring.default_budget(_config(), 2, 1 << 20) == scoring.Budget(4096, 2048, 1024)  # never below the CPU's
+    assert scoring.default_budget(_config(), 2, 1 << 20) == scoring.Budget(4096, 2048, 1024, 8)  # never below the CPU's
 
 
 def test_gpu_budget_reads_the_text_config_of_a_composite_model():

@@ -192,3 +192,12 @@ def test_rolling_scored_budget_splits_rows_without_moving_a_number():
                                            token_budget=scoring.Budget(4096, 1, 256))
     assert [n for _, n in narrow] == [n for _, n in wide] == [4, 2, 4] and len(model.calls) == 3  # a text a pass
     assert [total for total, _ in narrow] == pytest.approx([total for total, _ in wide], abs=1e-6)
+
+
+def test_continuations_of_very_different_lengths_take_passes_of_their_own_width():
+    model, tok = BigramModel(), CharTokenizer()
+    requests = [("a", "ba"), ("a", "b" * 50), ("a", "ab")]
+    scores = scoring.loglikelihood(model, tok, requests, max_length=64)
+    # The context, then the 50-token continuation alone (49 inputs), then the two short ones together (1 input each)
+    assert [call[:2] for call in model.calls] == [(1, 1), (1, 49), (2, 1)]
+    assert scores == [scoring.loglikelihood(BigramModel(), tok, [r], max_length=64)[0] for r in requests]

@@ -293,16 +293,19 @@ def load(args):
     import torch
 
     from pytest_quantbench import scoring
-    from pytest_quantbench.models import load_with_tokenizer, resolve_model
+    from pytest_quantbench.models import ModelLoadError, load_with_tokenizer, resolve_model
     from pytest_quantbench.precisions import parse_precision
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
-    spec, precision = resolve_model(args.model), parse_precision(args.precision)
+    precision = parse_precision(args.precision)
     why = precision.why_unavailable(args.device)
     if why:
         raise SystemExit(why)
-    handle = load_with_tokenizer(spec, precision, args.device, args.tokenizer)
+    try:
+        handle = load_with_tokenizer(resolve_model(args.model), precision, args.device, args.tokenizer)
+    except ModelLoadError as error:
+        raise SystemExit(f"error: {error}") from None
     choice_tokens = len(handle.tokenizer.encode(" A", add_special_tokens=False))
     if choice_tokens > 1:
         print(f"warning: the tokenizer splits ' A' into {choice_tokens} tokens, so an MMLU choice is a continuation "

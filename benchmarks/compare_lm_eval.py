@@ -3,21 +3,29 @@
 Run with a Python that has `lm-eval` installed next to this checkout's dependencies (a scratch venv, not the
 project's), from the repository root:
 
-    python benchmarks/compare_lm_eval.py --data-dir ../shared/data --model DIR --precision fp32 \
-        --task mmlu=500 --task arc_challenge=300:1,16 --lm-eval-batch-sizes 16 --out cmp-fp32.json
+    python benchmarks/compare_lm_eval.py --data-dir ../shared/data --model smollm2-135m --precision fp32 \
+        --task mmlu=500 --task arc_challenge=300:1,16 --task wikitext2=0 --lm-eval-batch-sizes 16 --out cmp.json
+
+`--model` takes every source the plugin takes (an alias, a hub id, a local directory, a `.gguf` file,
+`synthetic:qwen2.5-7b`), loaded in the precision by the plugin's own code (so nf4 is the plugin's nf4) on `--device`;
+`--tokenizer SOURCE` gives it another source's tokenizer (SmolLM2's for a synthetic model, whose own tokenizer is
+bytes: " A" would be two tokens). `--task NAME=N[:BATCH_SIZES]`: N questions (0: all), or for wikitext2 N articles;
+batch sizes `none` time our side alone.
 
 For each task it takes our documents (the deterministic stratified subset `--qb-limit` would take), writes them as
 JSON files in the hub's schema, and has lm-eval build its own requests from its own default config for the task
-(the installed `mmlu/default/_default_template_yaml` per subject, `arc/arc_easy.yaml`) pointed at those files.
-Both sides score one model object loaded once in the precision (our loading code, so nf4 is the same nf4):
-lm-eval through its HFLM, we through `pytest_quantbench.scoring`. It reports the prompt strings that differ,
-per-choice log-likelihood differences, accuracies, per-question answer agreement, and questions/s of each side
-(the scoring call only, data preparation excluded). Not collected by pytest (no test_ prefix).
+(the installed `mmlu/default/_default_template_yaml` per subject, `arc/arc_easy.yaml`, `wikitext/wikitext.yaml`)
+pointed at those files; requests are lined up by document position and a misaligned document stops the run.
+Both sides score one model object: lm-eval through its HFLM, we through `pytest_quantbench.scoring` (called
+directly: the score cache is never read). It reports the prompt strings that differ, per-choice log-likelihood
+differences, accuracies (for wikitext2 word perplexities), per-question answer agreement, and questions/s of each
+side (the scoring call only, after a short warm-up of each; data preparation excluded). Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,10 +36,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def write_docs(task_name: str, docs: list[dict], shots: dict[str, list[dict]], folder: Path, lm_eval_dir: Path) -> list[str]:
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,16' -> [1, 16]; 'none', '0' or '' -> [] (our side alone)."""
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    return [int(b) for b in text.split(",")]
+
+
+def parse_task(spec: str, default_sizes: list[int]) -> tuple[str, int | None, list[int]]:
+    """'mmlu=500' -> ('mmlu', 500, default); 'arc_easy=0:1,16' -> ('arc_easy', None (all), [1, 16])."""
+    name, _, rest = spec.partition("=")
+    limit, colon, sizes = rest.partition(":")
+    return name, int(limit) or None if limit else None, parse_batch_sizes(sizes) if colon else default_sizes
+
+
+def file_task(task_name: str, doc: dict) -> str:
+    """The lm-eval task (one per written file) a document of ours goes to."""
+    return f"qbcmp_mmlu_{doc['subject']}" if task_name.startswith("mmlu") else f"qbcmp_{task_name}"
+
+
+def write_docs(task_name: str, docs: list, shots: dict[str, list[dict]], folder: Path, lm_eval_dir: Path) -> list[str]:
     """Our documents as hub-schema JSON files and one lm-eval task yaml per file; returns the task names."""
     names = []
-    if task_name.startswith("mmlu"):
+    if task_name == "wikitext2":
+        with open(folder / "wikitext2_test.jsonl", "w") as handle:
+            handle.writelines(json.dumps({"page": page}) + "\n" for page in docs)
+        (folder / "qbcmp_wikitext2.yaml").write_text(
+            f"include: {lm_eval_dir / 'tasks/wikitext/wikitext.yaml'}\ntask: qbcmp_wikitext2\n"
+            f"dataset_path: json\ndataset_name: null\ntraining_split: null\nvalidation_split: null\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {folder / 'wikitext2_test.jsonl'}\n")
+        names.append("qbcmp_wikitext2")
+    elif task_name.startswith("mmlu"):
         by_subject: dict[str, list[dict]] = {}
         for doc in docs:
             by_subject.setdefault(doc["subject"], []).append(doc)
@@ -74,7 +109,71 @@ def lm_eval_instances(names: list[str], folder: Path, num_fewshot: int):
     return instances
 
 
-def compare_task(task_name: str, limit: int, batch_sizes: list[int], args, model, tokenizer, lm_eval_dir: Path) -> dict:
+def line_up(docs: list, keys: list[tuple[str, int]], counts: list[int], instances) -> list:
+    """lm-eval's instances in our request order. A document is keyed by its file's task and its position in that
+    file (questions alone are not unique: MMLU repeats some, with the choices reordered or even identical); a key
+    held twice, a missing request or a document that is not ours stops the run."""
+    keyed = {}
+    for inst in instances:
+        key = (inst.task_name, inst.doc_id, inst.idx)
+        if key in keyed:
+            raise SystemExit(f"two lm-eval requests share the key {key}: cannot line them up with ours")
+        keyed[key] = inst
+    if len(keyed) != sum(counts):
+        raise SystemExit(f"lm-eval built {len(keyed)} requests, we {sum(counts)}")
+    order = []
+    for doc, (name, position), count in zip(docs, keys, counts):
+        for i in range(count):
+            inst = keyed.get((name, position, i))
+            if inst is None or not _same_doc(inst.doc, doc):
+                raise SystemExit(f"lm-eval's request {(name, position, i)} is not for our document there")
+            order.append(inst)
+    return order
+
+
+def _same_doc(theirs: dict, ours) -> bool:
+    """Whether lm-eval's document (as write_docs wrote it) is ours: a WikiText article, an MMLU or an ARC question."""
+    if isinstance(ours, str):
+        return theirs["page"] == ours
+    if "subject" in ours:
+        return (theirs["subject"], theirs["question"], theirs["choices"]) == \
+            (ours["subject"], ours["question"], ours["choices"])
+    return theirs["id"] == ours["id"]
+
+
+def document_keys(task_name: str, docs: list) -> list[tuple[str, int]]:
+    """(lm-eval task, position in its file) of each document, in the order write_docs writes them."""
+    seen: dict[str, int] = {}
+    keys = []
+    for doc in docs:
+        name = "qbcmp_wikitext2" if task_name == "wikitext2" else file_task(task_name, doc)
+        seen[name] = seen.get(name, -1) + 1
+        keys.append((name, seen[name]))
+    return keys
+
+
+def timed(device: str, call, *args, **kwargs):
+    """(call's result, seconds), the GPU's queue drained on both sides."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def lm_eval_model(model, tokenizer, batch_size: int, args):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device),
+                max_length=args.max_length, softmax_dtype=args.lm_eval_softmax_dtype)
+
+
+def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args, model, tokenizer,
+                 lm_eval_dir: Path) -> dict:
     from pytest_quantbench import scoring
     from pytest_quantbench.tasks import get_task
     from pytest_quantbench.tasks.sources import stratified
@@ -89,29 +188,30 @@ def compare_task(task_name: str, limit: int, batch_sizes: list[int], args, model
     folder = Path(tempfile.mkdtemp(prefix=f"qbcmp-{task_name}-"))
     names = write_docs(task_name, docs, shots, folder, lm_eval_dir)
     instances = lm_eval_instances(names, folder, task.num_fewshot)
-    # Line lm-eval's instances up with our documents: by (subject, question) for MMLU, by id for ARC.
-    key = (lambda d: (d["subject"], d["question"])) if task_name.startswith("mmlu") else (lambda d: d["id"])
-    keyed = {(key(inst.doc), inst.idx): inst for inst in instances}
-    order = [keyed[(key(d), i)] for d, per_doc in zip(docs, ours_requests) for i in range(len(per_doc))]
+    order = line_up(docs, document_keys(task_name, docs), [len(r) for r in ours_requests], instances)
     prompt_mismatches = [(a.args, b) for a, b in zip(order, flat) if tuple(a.args) != tuple(b)]
 
     result = {"task": task_name, "questions": len(docs), "requests": len(flat),
               "prompt_mismatches": len(prompt_mismatches), "prompt_mismatch_examples": prompt_mismatches[:2]}
     if args.prompts_only:
         return result
-    start = time.perf_counter()
-    ours = scoring.loglikelihood(model, tokenizer, flat, token_budget=args.token_budget)
-    result["ours_s"] = time.perf_counter() - start
+    budget = scoring.budget_for(model, args.token_budget)
+    warm = flat[: sum(len(r) for r in ours_requests[: args.warmup])]
+    if warm:
+        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget)
+    ours, result["ours_s"] = timed(args.device, scoring.loglikelihood, model, tokenizer, flat, args.max_length, budget)
+    result["token_budget"] = dataclasses.asdict(budget)
     result["ours_questions_per_s"] = len(docs) / result["ours_s"]
     ours_result = task.score(docs, ours_requests, ours)
-
-    from lm_eval.models.huggingface import HFLM
+    result["ours_acc"] = ours_result.metrics["acc"]
+    result["ours_acc_norm"] = ours_result.metrics.get("acc_norm")
+    result["ours_acc_stderr"] = ours_result.metrics["acc_stderr"]
 
     for batch_size in batch_sizes:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-        start = time.perf_counter()
-        theirs = lm.loglikelihood(order, disable_tqdm=True)
-        seconds = time.perf_counter() - start
+        lm = lm_eval_model(model, tokenizer, batch_size, args)
+        if warm:
+            lm.loglikelihood(order[: len(warm)], disable_tqdm=True)
+        theirs, seconds = timed(args.device, lm.loglikelihood, order, disable_tqdm=True)
         theirs_result = task.score(docs, ours_requests, theirs)
         diffs = [abs(a[0] - b[0]) for a, b in zip(ours, theirs)]
         same = sum(1 for i in range(len(docs))
@@ -123,12 +223,55 @@ def compare_task(task_name: str, limit: int, batch_sizes: list[int], args, model
             "same_answer_pct": 100 * same / len(docs),
             "greedy_flag_agreement_pct": 100 * sum(a[1] == b[1] for a, b in zip(ours, theirs)) / len(ours),
         }
-    result["ours_acc"] = ours_result.metrics["acc"]
-    result["ours_acc_norm"] = ours_result.metrics.get("acc_norm")
-    result["ours_acc_stderr"] = ours_result.metrics["acc_stderr"]
-    fastest = min(batch_sizes, key=lambda b: result[f"lm_eval_bs{b}"]["seconds"])
-    result["lm_eval_fastest_bs"] = fastest
-    result["speedup_vs_fastest_lm_eval"] = result[f"lm_eval_bs{fastest}"]["seconds"] / result["ours_s"]
+    _fastest(result, batch_sizes)
+    return result
+
+
+def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, tokenizer, lm_eval_dir: Path) -> dict:
+    """WikiText-2: our loglikelihood_rolling against lm-eval's on the same articles, as word perplexities."""
+    from pytest_quantbench import scoring
+    from pytest_quantbench.tasks import get_task
+    from pytest_quantbench.tasks.perplexity import detokenize, load_articles
+
+    task = get_task("wikitext2")
+    articles = load_articles(args.data_dir)[: limit or None]  # as --qb-limit: the first N articles
+    texts = [detokenize(a) for a in articles]
+    folder = Path(tempfile.mkdtemp(prefix="qbcmp-wikitext2-"))
+    instances = lm_eval_instances(write_docs("wikitext2", articles, {}, folder, lm_eval_dir), folder, 0)
+    order = line_up(articles, document_keys("wikitext2", articles), [1] * len(articles), instances)
+    mismatches = [(a.args[0][:80], b[:80]) for a, b in zip(order, texts) if a.args != (b,)]
+    result = {"task": "wikitext2", "documents": len(articles), "questions": len(articles),
+              "prompt_mismatches": len(mismatches), "prompt_mismatch_examples": mismatches[:2]}
+    if args.prompts_only:
+        return result
+    budget = scoring.budget_for(model, args.token_budget)
+    warm = texts[: min(args.warmup, 2)]  # an article is thousands of tokens: two warm every kernel
+    if warm:
+        scoring.loglikelihood_rolling(model, tokenizer, warm, args.max_length, token_budget=budget)
+    ours, result["ours_s"] = timed(args.device, scoring.loglikelihood_rolling, model, tokenizer, texts,
+                                   args.max_length, token_budget=budget)
+    mine = task.score(articles, ours).metrics
+    tokens = int(mine["tokens"])
+    result.update(token_budget=dataclasses.asdict(budget), max_length=args.max_length or scoring.model_max_length(model),
+                  tokens=tokens, ours_docs_per_s=len(texts) / result["ours_s"],
+                  ours_questions_per_s=len(texts) / result["ours_s"], ours_tokens_per_s=tokens / result["ours_s"],
+                  ours_word_perplexity=mine["word_perplexity"], ours_byte_perplexity=mine["byte_perplexity"],
+                  ours_bits_per_byte=mine["bits_per_byte"])
+    for batch_size in batch_sizes:
+        lm = lm_eval_model(model, tokenizer, batch_size, args)
+        if warm:
+            lm.loglikelihood_rolling(order[: len(warm)], disable_tqdm=True)
+        theirs, seconds = timed(args.device, lm.loglikelihood_rolling, order, disable_tqdm=True)
+        word_ppl = task.score(articles, [(ll, n) for ll, (_, n) in zip(theirs, ours)]).metrics["word_perplexity"]
+        diffs = [abs(a[0] - b) for a, b in zip(ours, theirs)]
+        result[f"lm_eval_bs{batch_size}"] = {
+            "seconds": seconds, "docs_per_s": len(texts) / seconds, "questions_per_s": len(texts) / seconds,
+            "word_perplexity": word_ppl,
+            "word_perplexity_rel_diff_pct": 100 * (word_ppl - mine["word_perplexity"]) / mine["word_perplexity"],
+            "max_abs_ll_diff": max(diffs), "mean_abs_ll_diff": sum(diffs) / len(diffs),
+            "max_rel_ll_diff": max(d / max(1e-9, abs(a[0])) for d, a in zip(diffs, ours)),
+        }
+    _fastest(result, batch_sizes)
     return result
 
 
@@ -138,47 +281,104 @@ def _pred(scores, requests, i) -> int:
     return max(range(len(lls)), key=lambda k: (lls[k], -k))
 
 
+def _fastest(result: dict, batch_sizes: list[int]) -> None:
+    if batch_sizes:
+        fastest = min(batch_sizes, key=lambda b: result[f"lm_eval_bs{b}"]["seconds"])
+        result["lm_eval_fastest_bs"] = fastest
+        result["speedup_vs_fastest_lm_eval"] = result[f"lm_eval_bs{fastest}"]["seconds"] / result["ours_s"]
+
+
+def load(args):
+    """(model, tokenizer, what the report says of them), loaded as the plugin loads `--model` in `--precision`."""
+    import torch
+
+    from pytest_quantbench import scoring
+    from pytest_quantbench.models import ModelLoadError, load_with_tokenizer, resolve_model
+    from pytest_quantbench.precisions import parse_precision
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    precision = parse_precision(args.precision)
+    why = precision.why_unavailable(args.device)
+    if why:
+        raise SystemExit(why)
+    try:
+        handle = load_with_tokenizer(resolve_model(args.model), precision, args.device, args.tokenizer)
+    except ModelLoadError as error:
+        raise SystemExit(f"error: {error}") from None
+    choice_tokens = len(handle.tokenizer.encode(" A", add_special_tokens=False))
+    if choice_tokens > 1:
+        print(f"warning: the tokenizer splits ' A' into {choice_tokens} tokens, so an MMLU choice is a continuation "
+              "of its own, unlike with a real model's tokenizer: give one with --tokenizer", file=sys.stderr)
+    about = {"model_source": handle.source, "precision_params": precision.params(args.device),
+             "tokenizer": args.tokenizer or "the model's own", "tokenizer_size": len(handle.tokenizer),
+             "tokens_of_choice_A": choice_tokens, "load_s": handle.load_s,
+             "token_budget": dataclasses.asdict(scoring.budget_for(handle.model, args.token_budget))}
+    return handle.model, handle.tokenizer, about
+
+
+def environment(device: str) -> dict:
+    import lm_eval
+    import torch
+    import transformers
+
+    from pytest_quantbench.results import package_version
+
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    return {"device": device, "device_name": name, "torch": torch.__version__, "transformers": transformers.__version__,
+            "lm_eval": getattr(lm_eval, "__version__", None) or package_version("lm-eval"),
+            "bitsandbytes": package_version("bitsandbytes"), "torch_threads": torch.get_num_threads()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--model", required=True, help="local model directory")
+    parser.add_argument("--model", required=True, help="a --qb-model source: alias, hub id, directory, .gguf, synthetic:")
+    parser.add_argument("--tokenizer", help="the tokenizer of this source instead of the model's (a directory of "
+                                            "tokenizer files or any model source)")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--task", action="append", required=True,
-                        help="NAME=QUESTIONS[:BATCH_SIZES], e.g. mmlu=500 or arc_challenge=300:1,16")
-    parser.add_argument("--lm-eval-batch-sizes", default="1,16", help="lm-eval batch sizes for tasks that name none")
-    parser.add_argument("--token-budget", type=int, default=None)
+                        help="NAME=N[:BATCH_SIZES], e.g. mmlu=500, arc_challenge=300:1,16, mmlu_5shot=0:none, "
+                             "wikitext2=0 (N=0: all)")
+    parser.add_argument("--lm-eval-batch-sizes", default="1,16",
+                        help="lm-eval batch sizes for tasks that name none; 'none' times our side alone")
+    parser.add_argument("--lm-eval-softmax-dtype", help="lm-eval's softmax_dtype (default: the model's dtype; "
+                                                        "ours is float32)")
+    parser.add_argument("--token-budget", type=int, default=None, help="our padded tokens a pass (default: sized "
+                                                                       "to the device)")
+    parser.add_argument("--max-length", type=int, default=None, help="context length of both sides (default: the "
+                                                                     "model config's)")
+    parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")
     parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    args.lm_eval_batch_sizes = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
+    default_sizes = parse_batch_sizes(args.lm_eval_batch_sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ["QB_SCORE_CACHE"] = "0"  # scoring.py is called directly anyway; nothing here may read stored scores
 
     import lm_eval
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_quantbench import scoring
-    from pytest_quantbench.precisions import parse_precision
-
-    args.token_budget = args.token_budget or scoring.TOKEN_BUDGET
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    kwargs = parse_precision(args.precision).load_kwargs("cpu")
-    kwargs.setdefault("device_map", {"": "cpu"})
-    model = None if args.prompts_only else AutoModelForCausalLM.from_pretrained(args.model, **kwargs).eval()
     lm_eval_dir = Path(lm_eval.__file__).parent
-    report = {"precision": args.precision, "model": args.model, "torch_threads": torch.get_num_threads(),
-              "prompts_only": args.prompts_only,
-              "lm_eval": getattr(lm_eval, "__version__", "?"), "tasks": []}
+    model = tokenizer = None
+    report = {**environment(args.device), "precision": args.precision, "model": args.model,
+              "prompts_only": args.prompts_only, "max_length": args.max_length, "warmup_questions": args.warmup,
+              "lm_eval_softmax_dtype": args.lm_eval_softmax_dtype or "the model's dtype",
+              "score_cache": "off: scoring.py called directly, QB_SCORE_CACHE=0", "tasks": []}
+    if not args.prompts_only:
+        model, tokenizer, about = load(args)
+        report.update(about)
     for spec in args.task:
-        name, _, rest = spec.partition("=")
-        limit, _, sizes = rest.partition(":")
-        sizes = [int(b) for b in sizes.split(",")] if sizes else args.lm_eval_batch_sizes
-        entry = compare_task(name, int(limit) if limit else None, sizes, args, model, tokenizer, lm_eval_dir)
+        name, limit, sizes = parse_task(spec, default_sizes)
+        if name == "wikitext2":
+            entry = compare_rolling(limit, sizes, args, model, tokenizer, lm_eval_dir)
+        else:
+            entry = compare_task(name, limit, sizes, args, model, tokenizer, lm_eval_dir)
         report["tasks"].append(entry)
         print(json.dumps(entry, indent=1, default=str), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1, default=str))
+        if args.out:  # after every task: a run cut short keeps what it measured
+            args.out.write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":

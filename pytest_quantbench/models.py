@@ -3,6 +3,7 @@ precision, and the session cache that keeps one model in memory at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -322,6 +323,40 @@ def load_model(spec: ModelSpec, precision, device: str, device_map=None,
     return ModelHandle(spec, precision, device, model, tokenizer, family, load_s, model_footprint_mb(model), source,
                        processor=processor, high_precision=high_precision,
                        extra=quantization, heap_before_load_mb=heap_before)
+
+
+def model_config(spec: ModelSpec):
+    """The model's config, without loading its weights (nor writing a synthetic model's)."""
+    from transformers import AutoConfig
+
+    if spec.kind == "synthetic":
+        from .synthetic import synthetic_config
+
+        return AutoConfig.for_model(**synthetic_config(spec.source)[1])
+    return AutoConfig.from_pretrained(materialize(spec)[0], trust_remote_code=spec.trust_remote_code)
+
+
+def borrowed_tokenizer(source: str, config):
+    """The tokenizer of another source (a tokenizer directory or any model source), for a model whose own does not
+    fit a task (a synthetic model's bytes); ModelLoadError when its ids run past the model's embedding table."""
+    from . import families
+
+    path = Path(os.path.expanduser(source))
+    if not (path.is_dir() and not (path / "config.json").is_file()):  # a directory of tokenizer files alone
+        path, _ = materialize(resolve_model(source))
+    tokenizer, _ = families.load_tokenizer("decoder", path)
+    vocab = config.get_text_config().vocab_size
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(f"the tokenizer of {source} has {len(tokenizer)} tokens, the model's vocabulary only "
+                             f"{vocab}: its larger ids would index past the embedding table")
+    return tokenizer
+
+
+def load_with_tokenizer(spec: ModelSpec, precision, device: str, tokenizer_source: str | None = None) -> ModelHandle:
+    """load_model, with the tokenizer of `tokenizer_source` when given (checked before any weights load)."""
+    tokenizer = borrowed_tokenizer(tokenizer_source, model_config(spec)) if tokenizer_source else None
+    handle = load_model(spec, precision, device)
+    return dataclasses.replace(handle, tokenizer=tokenizer) if tokenizer is not None else handle
 
 
 def _heap_floor(family: str, config, precision, trust_remote_code: bool = False) -> float | None:

@@ -14,7 +14,8 @@ Speed, without changing a number (beyond float rounding):
 - longer choices (ARC's answer texts) continue from the context's key/value cache, all choices of a batch together;
 - only the logits that are scored are computed (`logits_to_keep`): the vocabulary projection dominates small models;
 - groups are sorted by length and batched under a token budget, left-padded with explicit position ids, so padding
-  is small and does not move any position;
+  is small and does not move any position; the budget is the CPU's fixed one, or on a GPU what its free memory
+  holds for the model's shape (`default_budget`);
 - contexts that begin with the same long run of tokens (a subject's few-shot examples, the same for each of its
   questions) share it: the run goes through the model once, and each context's remaining tokens are scored from
   its key/value cache, so k-shot costs little more than 0-shot.
@@ -22,13 +23,72 @@ Speed, without changing a number (beyond float rounding):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
-TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing, on a GPU raise it
+TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing
 SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
+MAX_ROWS = 256  # rows per forward pass
+SLACK = 32  # tokens a row may be shorter than its batch's longest, whatever the share (see batches)
 MIN_SHARED = 64  # tokens a run of context must hold to be computed once and shared
 SHARED_BUDGET = 16384  # shared-prefix tokens held per pass (the prefix's key/value cache, repeated per row)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one forward pass may hold: padded input tokens, positions whose logits are kept, rows; and the padding
+    a row may carry (`slack` tokens, beside a tenth of its batch's longest)."""
+
+    tokens: int = TOKEN_BUDGET
+    scored: int = SCORED_BUDGET
+    rows: int = MAX_ROWS
+    slack: int = SLACK
+
+
+# The most a GPU pass holds: 64k tokens of a 135M model are ~18 TFLOP (~35 ms on an H200) against a few ms of kernel
+# launches, so a larger pass would only hold more memory. With a thousand rows a pass, 32 tokens of slack a row
+# would be 32k padded tokens, more than a pass costs: the GPU keeps 8.
+GPU_CAP = Budget(tokens=65536, scored=16384, rows=1024, slack=8)
+
+
+def default_budget(config, dtype_bytes: int, free_bytes: int | None) -> Budget:
+    """The budget for a model of `config` computing in `dtype_bytes`-wide floats, with `free_bytes` of accelerator
+    memory to spend (None: the CPU, which keeps its fixed budget). Half the free memory is planned for, half of that
+    for input tokens and a quarter for kept logits; never below the CPU's budget nor above GPU_CAP."""
+    if free_bytes is None:
+        return Budget()
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
+    heads = text.num_attention_heads
+    kv_heads, head_dim = getattr(text, "num_key_value_heads", None) or heads, getattr(text, "head_dim", None)
+    kv_width = kv_heads * (head_dim or hidden // heads)
+    intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+    # Per token: one layer's activations at a time (inference mode frees the others): the residual stream, the
+    # attention's inputs and outputs, the MLP's gate, up and product; and where continuations follow a context, every
+    # layer's keys and values, held for the context and again in the rows of its choices (up to five).
+    per_token = dtype_bytes * (8 * hidden + 3 * intermediate + 6 * 2 * layers * kv_width)
+    per_scored = vocab * (dtype_bytes + 8)  # a kept position's logits, their float copy and its log-softmax
+    usable = free_bytes // 2  # the rest: the allocator's fragmentation, attention masks, the other side's batches
+    tokens = min(GPU_CAP.tokens, max(TOKEN_BUDGET, usable // 2 // per_token // 1024 * 1024))
+    scored = min(GPU_CAP.scored, max(SCORED_BUDGET, usable // 4 // per_scored // 1024 * 1024))
+    return Budget(tokens, scored, GPU_CAP.rows, GPU_CAP.slack)  # a row keeps one position: `scored` covers it
+
+
+def budget_for(model, token_budget: int | Budget | None = None) -> Budget:
+    """The budget on `model`'s device (`default_budget` from the memory free now), or the caller's: a Budget, or a
+    number of tokens with the device's other limits."""
+    if isinstance(token_budget, Budget):
+        return token_budget
+    budget = Budget()
+    if model.device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(model.device)
+        free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)  # torch's own
+        dtype_bytes = model.get_input_embeddings().weight.element_size()  # embeddings stay unquantized
+        budget = default_budget(model.config, dtype_bytes, free)
+    return budget if token_budget is None else dataclasses.replace(budget, tokens=token_budget)
 
 
 @dataclass
@@ -112,7 +172,8 @@ def _left_padded(rows: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The token padding fills rows with: the tokenizer's pad token, else EOS (masked out either way)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -141,7 +202,8 @@ def _prefix_cache(model, tokens: list[int]):
     return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
 
 
-def _score_batch(model, groups: list[Group], pad_id: int, prefix=None) -> dict[int, tuple[float, bool]]:
+def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
+                 budget: Budget = Budget()) -> dict[int, tuple[float, bool]]:
     """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it.
     `prefix` (length, cache): the contexts are what follows a shared run of that many tokens, held in `cache`."""
     import torch
@@ -168,9 +230,11 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None) -> dict[i
         return results
     cache = getattr(out, "cache", None) or out.past_key_values
     context_lengths = mask.sum(-1)
-    per_pass = max(1, SCORED_BUDGET // max(len(groups[g].continuations[c]) for g, c in longer))
-    for start in range(0, len(longer), per_pass):
-        chunk = longer[start : start + per_pass]
+    # Continuations sorted by length into passes of kept positions within budget: padded to the longest of all,
+    # ARC's answers (2 to 30 tokens) were 3x padding.
+    widths = [len(groups[g].continuations[c]) - 1 for g, c in longer]
+    for part in batches(widths, budget.scored, max_rows=budget.scored, slack=budget.slack):
+        chunk = [longer[i] for i in part]
         rows = [groups[g].continuations[c] for g, c in chunk]
         owner = torch.tensor([g for g, _ in chunk], device=device)
         width = max(len(r) for r in rows) - 1  # the last token of a continuation is only predicted, never input
@@ -212,18 +276,19 @@ def _select_cache(cache, rows):
 
 
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length: int | None = None,
-                  token_budget: int = TOKEN_BUDGET, progress=None,
+                  token_budget: int | Budget | None = None, progress=None,
                   share_prefixes: bool | None = None) -> list[tuple[float, bool]]:
-    """(log p(continuation | context), is_greedy) per request, in request order. `share_prefixes`: long runs of
-    tokens that contexts begin with go through the model once; by default on the CPU only, where it was measured
-    3.5-4x faster on 5-shot MMLU with identical answers (on an H200 in bf16 it gained nothing on a 135M model and
-    moved 5% of answers by rounding: docs/results/h200/fewshot-prefix)."""
+    """(log p(continuation | context), is_greedy) per request, in request order. `token_budget`: see budget_for.
+    `share_prefixes`: long runs of tokens that contexts begin with go through the model once; by default on the CPU
+    only, where it was measured 3.5-4x faster on 5-shot MMLU with identical answers (on an H200 in bf16 it gained
+    nothing on a 135M model and moved 5% of answers by rounding: docs/results/h200/fewshot-prefix)."""
     import torch
 
     max_length = max_length or model_max_length(model)
+    budget = budget_for(model, token_budget)
     groups = group_requests(tokenizer, requests, max_length)
     results: dict[int, tuple[float, bool]] = {}
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     if share_prefixes is None:
         share_prefixes = model.device.type == "cpu"
     clusters = shared_prefixes(groups) if share_prefixes else []
@@ -232,9 +297,9 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
         for length, members in [(0, alone), *clusters]:
             prefix = (length, _prefix_cache(model, groups[members[0]].context[:length])) if length else None
             rest = [Group(groups[i].context[length:], groups[i].continuations, groups[i].indices) for i in members]
-            rows = max(1, SHARED_BUDGET // length) if length else 256
-            for batch in batches([len(g.context) for g in rest], token_budget, max_rows=rows):
-                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix))
+            rows = max(1, SHARED_BUDGET // length) if length else budget.rows
+            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows, slack=budget.slack):
+                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix, budget))
                 if progress is not None:
                     progress(sum(len(rest[i].indices) for i in batch))
     return [results[i] for i in range(len(requests))]
@@ -258,13 +323,16 @@ def rolling_windows(n_tokens: int, context_length: int, stride: int) -> list[tup
 
 
 def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: int | None = None,
-                          stride: int | None = None, token_budget: int = TOKEN_BUDGET) -> list[tuple[float, int]]:
-    """(log p(text), tokens scored) per text: every token scored once, as lm-eval's `loglikelihood_rolling`."""
+                          stride: int | None = None,
+                          token_budget: int | Budget | None = None) -> list[tuple[float, int]]:
+    """(log p(text), tokens scored) per text: every token scored once, as lm-eval's `loglikelihood_rolling`.
+    `token_budget`: see budget_for (a window longer than the budget is a pass of its own)."""
     import torch
 
     context_length = context_length or model_max_length(model)
     stride = stride or context_length
-    prefix, pad_id = prefix_token_id(tokenizer), _pad_id(tokenizer)
+    budget = budget_for(model, token_budget)
+    prefix, pad_id = prefix_token_id(tokenizer), pad_token_id(tokenizer)
     work = []  # (text index, input tokens, target tokens)
     counts = []
     for t, text in enumerate(texts):
@@ -275,11 +343,11 @@ def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: in
             work.append((t, sequence[start:end], tokens[first:end]))
     sums = [0.0] * len(texts)
     with torch.inference_mode():
-        budget = max(token_budget, context_length)
-        for batch in batches([len(w[1]) for w in work], budget):
+        for batch in batches([len(w[1]) for w in work], max(budget.tokens, context_length), max_rows=budget.rows,
+                             slack=budget.slack):
             rows = [work[i] for i in batch]
             keep = max(len(targets) for _, _, targets in rows)
-            for part in _split_rows(rows, keep):
+            for part in _split_rows(rows, keep, budget.scored):
                 ids, mask, positions = _left_padded([r[1] for r in part], pad_id, model.device)
                 kept = max(len(targets) for _, _, targets in part)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
@@ -291,9 +359,9 @@ def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: in
     return [(total, n) for total, n in zip(sums, counts)]
 
 
-def _split_rows(rows: list, keep: int) -> list[list]:
-    """Rows in groups small enough that their kept logits fit SCORED_BUDGET positions (at least one row each)."""
-    per_pass = max(1, SCORED_BUDGET // max(1, keep))
+def _split_rows(rows: list, keep: int, scored_budget: int = SCORED_BUDGET) -> list[list]:
+    """Rows in groups small enough that their kept logits fit `scored_budget` positions (at least one row each)."""
+    per_pass = max(1, scored_budget // max(1, keep))
     return [rows[i : i + per_pass] for i in range(0, len(rows), per_pass)]
 
 

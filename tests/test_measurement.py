@@ -9,7 +9,7 @@ import pytest
 
 from pytest_quantbench.decoding import parse_decoding
 from pytest_quantbench.measure import decode_bytes_per_step, repeat_until_stable, summarize
-from pytest_quantbench.models import ModelLoadError, load_model, resolve_model
+from pytest_quantbench.models import ModelLoadError, load_model, load_with_tokenizer, resolve_model
 from pytest_quantbench.precisions import parse_precision, parse_size_mb
 from pytest_quantbench.synthetic import PRESETS, byte_tokenizer, parameter_count, synthetic_config
 
@@ -100,6 +100,23 @@ def test_offload_places_what_fits_and_generates(tiny_synthetic):
     expected = everything.generate_ids(everything.encode(["abc"]), parse_decoding("greedy"), 3, exact_length=True)
     assert out.tolist() == expected.tolist()  # the same weights, wherever they live
     assert set(getattr(everything.model, "hf_device_map", {"": "cpu"}).values()) == {"cpu"}
+
+
+def test_a_synthetic_model_borrows_a_real_tokenizer_that_fits_its_vocabulary(tmp_path, monkeypatch, smollm2_dir):
+    from pytest_quantbench import scoring
+
+    monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path))
+    fp32 = parse_precision("fp32")
+    with pytest.raises(ModelLoadError, match="has 49152 tokens, the model's vocabulary only 512"):
+        load_with_tokenizer(resolve_model(TINY_QWEN), fp32, "cpu", str(smollm2_dir))
+    assert not (tmp_path / "synthetic").exists()  # refused before any weights were written
+    fits = resolve_model(TINY_QWEN.replace("vocab_size=512", "vocab_size=49152"))
+    handle = load_with_tokenizer(fits, fp32, "cpu", str(smollm2_dir))
+    assert handle.tokenizer.encode(" A", add_special_tokens=False) == [330]  # one token, as MMLU's choices need
+    [(a, _), (b, _)] = scoring.loglikelihood(handle.model, handle.tokenizer, [("Answer:", " A"), ("Answer:", " B")])
+    assert a < 0 and b < 0 and a != b
+    handle.tokenizer.save_pretrained(tmp_path / "tokenizer")  # a directory of tokenizer files alone also serves
+    assert load_with_tokenizer(fits, fp32, "cpu", str(tmp_path / "tokenizer")).tokenizer.vocab == handle.tokenizer.vocab
 
 
 def test_bad_synthetic_config_is_a_clear_error(tmp_path):

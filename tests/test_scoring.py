@@ -138,3 +138,66 @@ def test_shared_prefixes_need_two_contexts_and_min_shared_tokens():
     assert scoring.shared_prefixes(groups, min_shared=71) == []
     whole = [scoring.Group(list(range(70))), scoring.Group(list(range(80)))]  # one context is the other's beginning
     assert scoring.shared_prefixes(whole) == [(69, [0, 1])]
+
+
+def _config(**fields):
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 500, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 128}
+    return SimpleNamespace(**{**shape, **fields})
+
+
+def test_cpu_budget_is_the_fixed_one():
+    assert scoring.default_budget(_config(), 4, None) == scoring.Budget(4096, 2048, 256)
+    model = BigramModel()
+    assert scoring.budget_for(model) == scoring.Budget(4096, 2048, 256)
+    assert scoring.budget_for(model, 100) == scoring.Budget(100, 2048, 256)
+    assert scoring.budget_for(model, scoring.Budget(1, 2, 3)) == scoring.Budget(1, 2, 3)
+
+
+def test_gpu_budget_from_free_memory_and_the_model_shape():
+    # bf16: per token 2 * (8*64 + 3*128 + 6*2*2*(2*16)) = 3,328 bytes; per kept position 500 * (2 + 8) = 5,000.
+    # 200 MiB free: half planned for; tokens 52,428,800 / 3,328 = 15,753 -> 15,360; scored 26,214,400 / 5,000 = 5,242
+    # -> 5,120 (whole thousands of 1,024).
+    assert scoring.default_budget(_config(), 2, 200 << 20) == scoring.Budget(15360, 5120, 1024, 8)
+    # A wider key/value head (head_dim 64) doubles the cache term: 2 * (512 + 384 + 3,072) = 7,936 bytes a token.
+    assert scoring.default_budget(_config(head_dim=64), 2, 200 << 20).tokens == 52428800 // 7936 // 1024 * 1024
+    assert scoring.default_budget(_config(), 2, 1 << 40) == scoring.GPU_CAP
+    assert scoring.default_budget(_config(), 2, 1 << 20) == scoring.Budget(4096, 2048, 1024, 8)  # never below the CPU's
+
+
+def test_gpu_budget_reads_the_text_config_of_a_composite_model():
+    outer = SimpleNamespace(get_text_config=lambda: _config(), hidden_size=9999)
+    assert scoring.default_budget(outer, 2, 200 << 20) == scoring.default_budget(_config(), 2, 200 << 20)
+
+
+def test_scored_and_row_budgets_split_passes_without_moving_a_number():
+    requests = [("a", "b a"), ("a", "bx"), ("b", " a"), ("ab", "x")]
+    model = BigramModel()
+    wide = scoring.loglikelihood(model, CharTokenizer(), requests)
+    assert len(model.calls) == 2  # the contexts, then the three longer continuations together
+    model = BigramModel()
+    narrow = scoring.loglikelihood(model, CharTokenizer(), requests, token_budget=scoring.Budget(4096, 2, 1))
+    assert narrow == wide
+    # One context a pass (rows 1), each followed by its longer continuations one a pass (2 scored positions hold
+    # one continuation of 2 or 3 tokens): "a" has two, "b" one, "ab" none.
+    assert [rows for rows, _, _ in model.calls] == [1] * 6
+
+
+def test_rolling_scored_budget_splits_rows_without_moving_a_number():
+    texts = ["abab", "ba", "abba"]
+    model = BigramModel()
+    wide = scoring.loglikelihood_rolling(model, CharTokenizer(), texts, context_length=8)
+    model = BigramModel()
+    narrow = scoring.loglikelihood_rolling(model, CharTokenizer(), texts, context_length=8,
+                                           token_budget=scoring.Budget(4096, 1, 256))
+    assert [n for _, n in narrow] == [n for _, n in wide] == [4, 2, 4] and len(model.calls) == 3  # a text a pass
+    assert [total for total, _ in narrow] == pytest.approx([total for total, _ in wide], abs=1e-6)
+
+
+def test_continuations_of_very_different_lengths_take_passes_of_their_own_width():
+    model, tok = BigramModel(), CharTokenizer()
+    requests = [("a", "ba"), ("a", "b" * 50), ("a", "ab")]
+    scores = scoring.loglikelihood(model, tok, requests, max_length=64)
+    # The context, then the 50-token continuation alone (49 inputs), then the two short ones together (1 input each)
+    assert [call[:2] for call in model.calls] == [(1, 1), (1, 49), (2, 1)]
+    assert scores == [scoring.loglikelihood(BigramModel(), tok, [r], max_length=64)[0] for r in requests]

@@ -90,7 +90,7 @@ class QuantBenchmark:
                       accuracy_pct={name: o.result.accuracy * 100 for name, o in self.outcomes.items()
                                     if o.result.accuracy is not None},
                       model_info=dict(self.model_info), worker=self.session.worker,
-                      device_name=self.session.device_name, mode=case.mode)
+                      device_name=self.session.device_name, mode=case.mode, batch_size=case.batch_size)
 
     def _task_details(self, name: str, outcome: TaskOutcome) -> dict:
         """A task's entry in the record: size, metrics, categories, examples, per-item outcomes (so that a later
@@ -129,7 +129,8 @@ class QuantBenchmark:
         metrics = measure_generation(handle, handle.format_prompt(prompt), self.case.decoding,
                                      max_new_tokens or settings.max_new_tokens, settings.warmup, settings.repeats,
                                      settings.max_repeats, settings.target_cv, settings.max_time_s,
-                                     on_results=self._to_pytest_benchmark, mode=self.case.mode)
+                                     on_results=self._to_pytest_benchmark, mode=self.case.mode,
+                                     batch_size=self.case.batch_size)
         self.metrics.update(metrics)
         if settings.device == "cuda":  # which physical GPUs ran this case, and what the driver saw on them
             from .gpus import nvml_gpus

@@ -301,7 +301,7 @@ class SessionHooks:
         down = self.nodes_down.get(worker)
         record = Record(crashitem, case.model.name, case.precision.name, case.decoding.name, self.state.settings.device,
                         outcome="crashed", reason=f"{report.longrepr}" + (f" (node down: {down})" if down else ""),
-                        worker=worker, mode=case.mode)
+                        worker=worker, mode=case.mode, batch_size=case.batch_size)
         report.quantbench_record = record.as_dict()
 
     def pytest_runtest_logreport(self, report):

@@ -34,8 +34,12 @@ def _task_header(column: str, accuracy: str, perplexity: str) -> str:
 
 
 def _mode(frame: pd.DataFrame) -> list[str]:
-    """The mode column, where the session measured more than one (eager and compiled)."""
-    return ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
+    """The mode and batch-size columns, where the session measured more than one mode (eager and compiled) or a
+    batch size other than 1."""
+    shown = ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
+    if "batch_size" in frame.columns and set(frame["batch_size"]) != {1}:
+        shown.append("batch_size")
+    return shown
 
 
 def _machine(frame: pd.DataFrame) -> list[str]:
@@ -44,12 +48,14 @@ def _machine(frame: pd.DataFrame) -> list[str]:
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (machine, model, precision, mode): greedy where it was measured, else the first decoding."""
+    """One row per (machine, model, precision, mode, batch size): greedy where it was measured, else the first
+    decoding."""
     if frame.empty:
         return frame
     order = frame["decoding"].map(lambda d: 0 if d == "greedy" else 1)
     ordered = frame.assign(_order=order).sort_values("_order", kind="stable")
-    merged = ordered.groupby(["machine", "model", "precision", "mode"], sort=False).first().reset_index()
+    keys = [c for c in ("machine", "model", "precision", "mode", "batch_size") if c in frame.columns]
+    merged = ordered.groupby(keys, sort=False).first().reset_index()
     return merged.drop(columns="_order")
 
 

@@ -20,6 +20,8 @@ def recommendations(summary: pd.DataFrame) -> list[str]:
         label = label + " on " + summary["machine"].astype(str)
     if "mode" in summary and summary["mode"].nunique() > 1:
         label = label + " (" + summary["mode"].astype(str) + ")"
+    if "batch_size" in summary and summary["batch_size"].nunique() > 1:
+        label = label + " at batch " + summary["batch_size"].astype(str)
     lines = []
     accuracy = accuracy_columns(summary)
     mean_accuracy = summary[accuracy].astype(float).mean(axis=1) if accuracy else None

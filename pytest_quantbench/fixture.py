@@ -7,6 +7,7 @@ import os
 import pytest
 
 from .handle import ModelHandle
+from .kernels import decode_step, kernel_counts, kernel_label
 from .precisions import Precision
 from .results import Record
 from .session import Case, QuantbenchSession
@@ -64,7 +65,17 @@ class QuantBenchmark:
                                    device_map=_device_counts(handle.model), high_precision=handle.high_precision)
             if quantization:
                 self.model_info["quantization"] = quantization
+            decoding = self.case.decoding  # what the linear layers run under eager generate (measure() may refine it)
+            self._note_kernels(decode_step(handle, decoding, self.case.batch_size * decoding.num_responses, "eager"))
         return self._handle
+
+    def _note_kernels(self, step) -> None:
+        from .families import decode_idle_modules
+
+        handle = self._handle
+        counts = kernel_counts(handle.model, step, decode_idle_modules(handle.model, handle.family))
+        self.metrics["kernel"] = kernel_label(counts)
+        self.model_info["kernels"] = counts
 
     def release(self) -> None:
         self._handle = None
@@ -131,6 +142,8 @@ class QuantBenchmark:
                                      settings.max_repeats, settings.target_cv, settings.max_time_s,
                                      on_results=self._to_pytest_benchmark, mode=self.case.mode,
                                      batch_size=self.case.batch_size)
+        self._note_kernels(decode_step(handle, self.case.decoding, metrics["sequences"], self.case.mode))
+        metrics["kernel"] = self.metrics["kernel"]
         self.metrics.update(metrics)
         if settings.device == "cuda":  # which physical GPUs ran this case, and what the driver saw on them
             from .gpus import nvml_gpus

@@ -12,7 +12,8 @@ from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
 # The metrics that differ between decodings, for the by-decoding tables; the terminal's short table.
-DECODING_COLUMNS = ("ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms", "peak_mem_mb")
+DECODING_COLUMNS = ("kernel", "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms",
+                    "peak_mem_mb")
 TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "tokens_per_s")
 LONG_TABLE = 12  # rows above which a table is folded into <details> (GitHub and the HTML page open it on a click)
 
@@ -126,7 +127,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         for family, group in families:  # one table per model family (decoder, encoder-decoder, image-text)
             lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
             lines += ["", _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", "compute",
-                                         *accuracy, *COLUMNS])]
+                                         "kernel", *accuracy, *COLUMNS])]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             table = _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,

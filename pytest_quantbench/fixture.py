@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from .bound import measured_bound
 from .handle import ModelHandle
 from .kernels import decode_step, kernel_counts, kernel_label
 from .precisions import Precision
@@ -142,8 +143,15 @@ class QuantBenchmark:
                                      settings.max_repeats, settings.target_cv, settings.max_time_s,
                                      on_results=self._to_pytest_benchmark, mode=self.case.mode,
                                      batch_size=self.case.batch_size)
-        self._note_kernels(decode_step(handle, self.case.decoding, metrics["sequences"], self.case.mode))
+        step = decode_step(handle, self.case.decoding, metrics["sequences"], self.case.mode)
+        self._note_kernels(step)
         metrics["kernel"] = self.metrics["kernel"]
+        try:
+            bound, layers = measured_bound(handle, step, metrics, self.case.mode, self.session.bounds)
+        except Exception as error:  # noqa: BLE001  a kernel that cannot be called alone: the speed still counts
+            bound, layers = {"bound_note": f"not measured: {type(error).__name__}: {error}"[:300]}, []
+        metrics.update(bound)
+        self.model_info["bound_layers"] = layers
         self.metrics.update(metrics)
         if settings.device == "cuda":  # which physical GPUs ran this case, and what the driver saw on them
             from .gpus import nvml_gpus

@@ -47,6 +47,9 @@ METRICS: dict[str, Metric] = {
     "ttft_ms": Metric("ms", False, "TTFT (ms)", spread="ttft_iqr_ms"),
     "ms_per_token": Metric("ms", False, "ms/token", threshold="max_ms_per_token", spread="ms_per_token_iqr",
                            noise="decode"),
+    # The decode step its kernels alone would take (bound.py), and the measured step over it (1.05: 5% above).
+    "bound_ms_per_token": Metric("ms", False, "bound ms/token", noise=None),
+    "of_bound": Metric("", False, "of bound (%)", percent=True, noise=None),
     "ms_per_token_cv": Metric("", False, "ms/token CV (%)", percent=True, noise=None),
     "tokens_per_s": Metric("tokens/s", True, "tokens/s", threshold="min_tokens_per_s", spread="tokens_per_s_iqr"),
     # Every sequence of the batch (and every response of `sample`) counts; _per_seq is one sequence's.

@@ -52,6 +52,7 @@ class QuantbenchSession:
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._device_name: str | None = None
         self._summaries = None  # fidelity.SummaryCache: the baseline's next-token summaries
+        self.bounds: dict[tuple, tuple] = {}  # (model, precision, decode step, cache length, ...) -> bound.py's bound
 
     @property
     def device_name(self) -> str:

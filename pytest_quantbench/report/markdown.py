@@ -12,9 +12,9 @@ from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
 # The metrics that differ between decodings, for the by-decoding tables; the terminal's short table.
-DECODING_COLUMNS = ("kernel", "ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms",
-                    "peak_mem_mb")
-TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "tokens_per_s")
+DECODING_COLUMNS = ("kernel", "ms_per_token", "bound_ms_per_token", "of_bound", "ms_per_token_cv", "tokens_per_s",
+                    "latency_ms", "ttft_ms", "peak_mem_mb")
+TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "of_bound", "tokens_per_s")
 LONG_TABLE = 12  # rows above which a table is folded into <details> (GitHub and the HTML page open it on a click)
 
 

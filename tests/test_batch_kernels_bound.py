@@ -74,6 +74,17 @@ def test_batch_size_from_the_ini_file_and_selected_with_k(pytester):
     result.stdout.fnmatch_lines(["*tiny-fp32-greedy-bs4*", "*tiny-nf4-greedy-bs4*", "*2/4 tests collected*"])
 
 
+def test_tests_of_one_batch_size_run_together(pytester):
+    """Within a (model, precision), every test of batch 1 before any of batch 2: a compiled step then compiles once
+    per batch size, its static cache made anew only when the batch size changes."""
+    pytester.makepyfile(test_batch_order=SPEED_TEST + "\n\ndef test_more(quantbench):\n    pass\n")
+    result = pytester.runpytest("--collect-only", "-q", f"--qb-model=tiny={TINY_QWEN}", "--qb-precision=fp32,nf4",
+                                "--qb-batch-size=1,2", *FAST)
+    order = [line.split("::")[1] for line in result.outlines if "::" in line]
+    assert order == [f"{test}[tiny-{precision}-greedy-bs{batch}]" for precision in ("fp32", "nf4")
+                     for batch in (1, 2) for test in ("test_speed", "test_more")]
+
+
 def test_batched_session_records_the_batch_kernels_and_bound(pytester, capsys):
     """fp32 and nf4 at batch 1 and 2: one record per id with its batch size; every row of a batch decodes, so total
     decode tokens/s is the per-sequence figure times the batch; the kernel column names what the layers run; the

@@ -24,7 +24,8 @@ def test_timer_fidelity(quantbench):
 
     handle = quantbench.model
     decoding = quantbench.case.decoding
-    inputs = handle.encode([handle.format_prompt("Explain in a few sentences why the sky is blue.")])
+    prompt = handle.format_prompt("Explain in a few sentences why the sky is blue.")
+    inputs = handle.encode([prompt] * quantbench.case.batch_size)
 
     def whole_call_ms(run) -> tuple[float, object]:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

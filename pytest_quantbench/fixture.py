@@ -6,7 +6,9 @@ import os
 
 import pytest
 
+from .bound import measured_bound
 from .handle import ModelHandle
+from .kernels import decode_step, kernel_counts, kernel_label
 from .precisions import Precision
 from .results import Record
 from .session import Case, QuantbenchSession
@@ -64,7 +66,17 @@ class QuantBenchmark:
                                    device_map=_device_counts(handle.model), high_precision=handle.high_precision)
             if quantization:
                 self.model_info["quantization"] = quantization
+            decoding = self.case.decoding  # what the linear layers run under eager generate (measure() may refine it)
+            self._note_kernels(decode_step(handle, decoding, self.case.batch_size * decoding.num_responses, "eager"))
         return self._handle
+
+    def _note_kernels(self, step) -> None:
+        from .families import decode_idle_modules
+
+        handle = self._handle
+        counts = kernel_counts(handle.model, step, decode_idle_modules(handle.model, handle.family))
+        self.metrics["kernel"] = kernel_label(counts)
+        self.model_info["kernels"] = counts
 
     def release(self) -> None:
         self._handle = None
@@ -90,7 +102,7 @@ class QuantBenchmark:
                       accuracy_pct={name: o.result.accuracy * 100 for name, o in self.outcomes.items()
                                     if o.result.accuracy is not None},
                       model_info=dict(self.model_info), worker=self.session.worker,
-                      device_name=self.session.device_name, mode=case.mode)
+                      device_name=self.session.device_name, mode=case.mode, batch_size=case.batch_size)
 
     def _task_details(self, name: str, outcome: TaskOutcome) -> dict:
         """A task's entry in the record: size, metrics, categories, examples, per-item outcomes (so that a later
@@ -129,7 +141,17 @@ class QuantBenchmark:
         metrics = measure_generation(handle, handle.format_prompt(prompt), self.case.decoding,
                                      max_new_tokens or settings.max_new_tokens, settings.warmup, settings.repeats,
                                      settings.max_repeats, settings.target_cv, settings.max_time_s,
-                                     on_results=self._to_pytest_benchmark, mode=self.case.mode)
+                                     on_results=self._to_pytest_benchmark, mode=self.case.mode,
+                                     batch_size=self.case.batch_size)
+        step = decode_step(handle, self.case.decoding, metrics["sequences"], self.case.mode)
+        self._note_kernels(step)
+        metrics["kernel"] = self.metrics["kernel"]
+        try:
+            bound, layers = measured_bound(handle, step, metrics, self.case.mode, self.session.bounds)
+        except Exception as error:  # noqa: BLE001  a kernel that cannot be called alone: the speed still counts
+            bound, layers = {"bound_note": f"not measured: {type(error).__name__}: {error}"[:300]}, []
+        metrics.update(bound)
+        self.model_info["bound_layers"] = layers
         self.metrics.update(metrics)
         if settings.device == "cuda":  # which physical GPUs ran this case, and what the driver saw on them
             from .gpus import nvml_gpus

@@ -65,18 +65,20 @@ def repeat_until_stable(run, min_repeats: int, max_repeats: int, target_cv: floa
 
 def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmup: int, repeats: int,
                        max_repeats: int | None = None, target_cv: float = 0.0, max_time_s: float = 0.0,
-                       on_results=None, mode: str = "eager") -> dict:
+                       on_results=None, mode: str = "eager", batch_size: int = 1) -> dict:
     """Time one prompt under one decoding: time to first token, end-to-end latency, decode ms/token, tokens/s,
     memory, and memory-bandwidth utilization.
 
-    Each run generates exactly `max_new_tokens` (end-of-sequence suppressed). Runs repeat from `repeats` up to
-    `max_repeats` until decode ms/token varies less than `target_cv` (or `max_time_s` is spent); `unstable` says
-    when it never did. tokens/s counts every returned sequence (20 for `sample`) over the end-to-end latency;
-    decode_tokens_per_s over the decode steps alone. `on_results(run, rounds)` is called after, with the timed run
-    and how many times it ran (the pytest-benchmark bridge times that many more).
+    Each run generates exactly `max_new_tokens` (end-of-sequence suppressed) for `batch_size` copies of the prompt
+    at once. Runs repeat from `repeats` up to `max_repeats` until decode ms/token (the time of one decode step,
+    which gives every sequence a token) varies less than `target_cv` (or `max_time_s` is spent); `unstable` says
+    when it never did. tokens/s counts every returned sequence (the batch times 20 for `sample`) over the
+    end-to-end latency; decode_tokens_per_s over the decode steps alone, decode_tokens_per_s_per_seq one
+    sequence's. `on_results(run, rounds)` is called after, with the timed run and how many times it ran (the
+    pytest-benchmark bridge times that many more).
     """
     device = handle.device
-    inputs = handle.encode([prompt])
+    inputs = handle.encode([prompt] * batch_size)  # one prompt repeated: no padding, every row decodes alike
 
     def run():
         return timed_generation(handle, inputs, decoding, max_new_tokens, mode)
@@ -99,7 +101,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         run()
     ttft, latency, decode = (list(values) for values in zip(*results))
     stats_ttft, stats_latency, stats_decode = summarize(ttft), summarize(latency), summarize(decode)
-    sequences = decoding.num_responses
+    sequences = batch_size * decoding.num_responses
     # Throughput comes from the same timed runs as latency, so it carries their spread the same way.
     throughput = summarize([max_new_tokens * sequences / seconds for seconds in latency])
     decode_throughput = summarize([sequences / seconds for seconds in decode if seconds > 0] or [0.0])
@@ -121,6 +123,8 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         "tokens_per_s_iqr": throughput["iqr"],
         "decode_tokens_per_s": sequences / stats_decode["median"] if stats_decode["median"] else 0.0,
         "decode_tokens_per_s_iqr": decode_throughput["iqr"],
+        "decode_tokens_per_s_per_seq": 1 / stats_decode["median"] if stats_decode["median"] else 0.0,
+        "decode_tokens_per_s_per_seq_iqr": decode_throughput["iqr"] / sequences,
         **memory.metrics,
     }
     metrics.update(bandwidth_metrics(handle, decoding, metrics))

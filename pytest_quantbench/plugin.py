@@ -119,7 +119,9 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run all tests of one (model, precision) together, the baseline precision first, so each loads once."""
+    """Run all tests of one (model, precision) together, the baseline precision first, so each loads once; within
+    it, all tests of one batch size together, so a compiled decode step is compiled once per batch size and its
+    static cache made anew only when the batch size changes."""
     state = config.stash[SESSION]
     # A test whose marker narrows the matrix to nothing gets pytest's empty-parameter-set placeholder, not a Case.
     cases = [(item, item.callspec.params.get(CASE_ARG) if hasattr(item, "callspec") else None) for item in items]
@@ -132,8 +134,9 @@ def pytest_collection_modifyitems(session, config, items):
         def key(pair):
             _item, case = pair
             if case is None:
-                return (0, 0, 0)
-            return (1, models.index(case.model.name), precisions.index(case.precision.name))
+                return (0, 0, 0, 0)
+            return (1, models.index(case.model.name), precisions.index(case.precision.name),
+                    settings.batch_sizes.index(case.batch_size))
 
         cases.sort(key=key)
         items[:] = [item for item, _ in cases]
@@ -301,7 +304,7 @@ class SessionHooks:
         down = self.nodes_down.get(worker)
         record = Record(crashitem, case.model.name, case.precision.name, case.decoding.name, self.state.settings.device,
                         outcome="crashed", reason=f"{report.longrepr}" + (f" (node down: {down})" if down else ""),
-                        worker=worker, mode=case.mode)
+                        worker=worker, mode=case.mode, batch_size=case.batch_size)
         report.quantbench_record = record.as_dict()
 
     def pytest_runtest_logreport(self, report):

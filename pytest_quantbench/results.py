@@ -47,10 +47,16 @@ METRICS: dict[str, Metric] = {
     "ttft_ms": Metric("ms", False, "TTFT (ms)", spread="ttft_iqr_ms"),
     "ms_per_token": Metric("ms", False, "ms/token", threshold="max_ms_per_token", spread="ms_per_token_iqr",
                            noise="decode"),
+    # The decode step its kernels alone would take (bound.py), and the measured step over it (1.05: 5% above).
+    "bound_ms_per_token": Metric("ms", False, "bound ms/token", noise=None),
+    "of_bound": Metric("", False, "of bound (%)", percent=True, noise=None),
     "ms_per_token_cv": Metric("", False, "ms/token CV (%)", percent=True, noise=None),
     "tokens_per_s": Metric("tokens/s", True, "tokens/s", threshold="min_tokens_per_s", spread="tokens_per_s_iqr"),
+    # Every sequence of the batch (and every response of `sample`) counts; _per_seq is one sequence's.
     "decode_tokens_per_s": Metric("tokens/s", True, "decode tokens/s", spread="decode_tokens_per_s_iqr",
                                   noise="decode"),
+    "decode_tokens_per_s_per_seq": Metric("tokens/s", True, "decode tokens/s/seq",
+                                          spread="decode_tokens_per_s_per_seq_iqr", noise="decode"),
     "mbu": Metric("", True, "MBU (%)", percent=True, noise=None),
     "latency_ms": Metric("ms", False, "latency (ms)", spread="latency_iqr_ms"),
     "load_s": Metric("s", False, "load (s)"),
@@ -97,6 +103,7 @@ class Record:
     worker: str = "main"
     device_name: str = ""  # the GPU or CPU model: baselines compare only on the same one
     mode: str = "eager"  # eager (generate) or compiled (static cache + torch.compile)
+    batch_size: int = 1  # prompts measure() decoded at once (each with its decoding's own sequences)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +122,7 @@ class Record:
 # file gets a message naming the field, not a crash (or a comparison silently skipped) far from the cause.
 FIELD_TYPES = {"test": str, "model": str, "precision": str, "decoding": str, "device": str, "outcome": str,
                "reason": (str, type(None)), "metrics": dict, "accuracy_pct": dict, "task_details": dict,
-               "checks": list, "model_info": dict, "worker": str, "device_name": str, "mode": str}
+               "checks": list, "model_info": dict, "worker": str, "device_name": str, "mode": str, "batch_size": int}
 REQUIRED_FIELDS = ("test", "model", "precision", "decoding", "device")
 # A metric whose key ends in its unit (load_s, ms_per_token, peak_mem_mb) is a number, or null when not measured;
 # other metrics may also be a flag or a name (unstable, bandwidth_source).
@@ -140,7 +147,8 @@ def record_problem(data) -> str | None:
         return f"missing field(s) {', '.join(missing)}"
     for key, kind in FIELD_TYPES.items():
         if key in data and not isinstance(data[key], kind):
-            expected = {dict: "an object", list: "a list", str: "a string"}.get(kind, "a string or null")
+            expected = {dict: "an object", list: "a list", str: "a string", int: "an integer"}.get(
+                kind, "a string or null")
             return f"field {key!r}: expected {expected}, got {_shown(data[key])}"
     for name, value in data.get("metrics", {}).items():
         if name.endswith(UNIT_SUFFIXES) and not (_is_number(value) or value is None):

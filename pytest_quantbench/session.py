@@ -20,17 +20,20 @@ def k_safe(text: str) -> str:
 @dataclass(frozen=True)
 class Case:
     """One cell of the matrix; its id is `<model>-<precision>-<decoding>`, in characters `-k` can name (a precision's
-    `@arg` and `+flag` become `-arg`, `-flag`: `nf4@fp16+dq` is `nf4-fp16-dq` in the id)."""
+    `@arg` and `+flag` become `-arg`, `-flag`: `nf4@fp16+dq` is `nf4-fp16-dq` in the id), then the mode and the batch
+    size where the session makes them part of it (`-compiled-bs8`)."""
 
     model: ModelSpec
     precision: Precision
     decoding: Decoding
     mode: str = "eager"
     show_mode: bool = False  # in the id only when the session selects more than one mode
+    batch_size: int = 1  # prompts measure() decodes at once
+    show_batch: bool = False  # in the id when the session selects several batch sizes, or one other than 1
 
     @property
     def id(self) -> str:
-        suffix = f"-{self.mode}" if self.show_mode else ""
+        suffix = (f"-{self.mode}" if self.show_mode else "") + (f"-bs{self.batch_size}" if self.show_batch else "")
         return k_safe(f"{self.model.name}-{self.precision.name}-{self.decoding.name}{suffix}")
 
 
@@ -49,6 +52,7 @@ class QuantbenchSession:
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._device_name: str | None = None
         self._summaries = None  # fidelity.SummaryCache: the baseline's next-token summaries
+        self.bounds: dict[tuple, tuple] = {}  # (model, precision, decode step, cache length, ...) -> bound.py's bound
 
     @property
     def device_name(self) -> str:
@@ -86,13 +90,15 @@ class QuantbenchSession:
             return [s for s in selected if name(s).lower() in allowed]
 
         show_mode = len(settings.modes) > 1
+        show_batch = settings.batch_sizes != (1,)  # today's ids stay as they are at the default batch of one
         return [
-            Case(spec, precision, decoding, mode, show_mode)
+            Case(spec, precision, decoding, mode, show_mode, batch, show_batch)
             for spec in settings.models
             if models is None or spec.name in models
             for precision in narrow(settings.precisions, precisions)
             for decoding in narrow(settings.decodings, decodings)
             for mode in narrow(settings.modes, modes, name=str)
+            for batch in settings.batch_sizes
         ]
 
     def task_result(self, spec: ModelSpec, precision: Precision, task, decoding: Decoding, limit: int | None,

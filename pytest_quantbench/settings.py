@@ -32,6 +32,9 @@ OPTIONS = [
     ("--qb-device", "qb_device", "auto, cpu or cuda", "auto"),
     ("--qb-mode", "qb_mode", ("comma list of decode modes: eager (Hugging Face generate) and/or compiled (static KV "
      "cache, decode step under torch.compile with CUDA graphs)"), "eager"),
+    ("--qb-batch-size", "qb_batch_size", ("comma list of batch sizes: prompts decoded at once by measure() (each "
+     "with its decoding's own sequences: 20 for sample, the beams for beamN); more than one, or one other than 1, "
+     "joins the test id as -bs<N>"), "1"),
     ("--qb-max-new-tokens", "qb_max_new_tokens", "new tokens per timed generation", "16"),
     ("--qb-limit", "qb_limit", "items per accuracy task (default: all, or what the test asks; 0: all)", None),
     ("--qb-data-dir", "qb_data_dir", "directory with local dataset files", None),
@@ -144,6 +147,7 @@ class Settings:
     ppl_stride: int | None = None  # perplexity window step (None: the window length)
     max_repeats: int = 20
     modes: tuple[str, ...] = ("eager",)
+    batch_sizes: tuple[int, ...] = (1,)
     target_cv: float = 0.03
     max_time_s: float = 10.0
     calibration: Calibration = dataclasses.field(default_factory=Calibration)  # GPTQ/AWQ (quantize.py)
@@ -246,6 +250,15 @@ def check_modes(modes: list[str]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(MODES)}")
     return modes
+
+
+def parse_batch_sizes(value) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32), duplicates dropped; ValueError naming --qb-batch-size for anything but positive
+    integers."""
+    sizes = split_list(str(value or "1"))
+    if not sizes:
+        raise ValueError("--qb-batch-size is empty: give positive integers, e.g. 1,8,32")
+    return tuple(dict.fromkeys(_int_at_least("--qb-batch-size", size, 1) for size in sizes))
 
 
 def _thresholds(get) -> Thresholds:
@@ -356,6 +369,7 @@ def read_settings(config) -> Settings:
         ppl_stride=stride,
         max_repeats=_int_option(get, "qb_max_repeats"),
         modes=tuple(dict.fromkeys(check_modes(split_list(get("qb_mode") or "eager")))),
+        batch_sizes=parse_batch_sizes(get("qb_batch_size")),
         target_cv=non_negative_number("--qb-target-cv", get("qb_target_cv")) or 0.0,
         max_time_s=non_negative_number("--qb-max-time", get("qb_max_time")) or 0.0,
         calibration=Calibration(_int_option(get, "qb_calibration_samples"), _int_option(get, "qb_calibration_seq_len"),

@@ -29,11 +29,12 @@ case $stage in
       --qb-precision ${PRECISIONS:-bf16,int8wo,int4wo,fp8,nf4} -k "speed or compiled_matches" \
       --qb-report-dir "$out/$stage" ;;
   qwen7b)  # a decoder shape with random weights (MODEL, default the Qwen2.5-7B shape), 64 new tokens: PRECISIONS in
-    # MODES (eager and compiled), then EAGER_PRECISIONS in eager mode only (kernels that do not compile: LLM.int8,
-    # GPTQModel)
+    # MODES (eager and compiled) at BATCH_SIZES (default 1), then EAGER_PRECISIONS in eager mode only (kernels that do
+    # not compile: LLM.int8, GPTQModel)
     model=${MODEL:-synthetic:qwen2.5-7b}
     if [ -n "${PRECISIONS-bf16,int4wo,int8wo,fp8,nf4}" ]; then
       "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-mode "${MODES:-eager,compiled}" --qb-max-new-tokens 64 \
+        --qb-batch-size "${BATCH_SIZES:-1}" \
         --qb-precision "${PRECISIONS-bf16,int4wo,int8wo,fp8,nf4}" -k "speed or compiled_matches or (memory and eager)" \
         --qb-report-dir "$out/$stage"
     fi

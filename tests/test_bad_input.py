@@ -71,6 +71,8 @@ def tiny(tiny_model_dir):
     (["--qb-model=no-such.gguf"], "GGUF file 'no-such.gguf' does not exist"),
     (["--qb-model=a=smollm2-135m", "--qb-model=a=org/model"], "two models share the test-id name(s) ['a']"),
     (["--qb-data-dir=no-such-data"], "--qb-data-dir 'no-such-data' is not a directory"),
+    (["--qb-batch-size=0"], "--qb-batch-size must be at least 1, got 0"),
+    (["--qb-batch-size=x"], "--qb-batch-size must be an integer, got 'x'"),
 ])
 def test_bad_option_is_a_usage_error(pytester, args, message):
     pytester.makepyfile(SPEED_TEST)
@@ -81,6 +83,7 @@ def test_bad_option_is_a_usage_error(pytester, args, message):
     ("qb_max_memory_mb = -1", "--qb-max-memory-mb must be a finite number >= 0, got -1"),
     ("qb_max_new_tokens = 0", "--qb-max-new-tokens must be at least 2"),
     ("qb_model =", "--qb-model is empty"),
+    ("qb_batch_size = 1,-8", "--qb-batch-size must be at least 1, got -8"),
 ])
 def test_bad_ini_value_is_a_usage_error(pytester, ini, message):
     pytester.makeini(f"[pytest]\n{ini}\n")

@@ -25,17 +25,17 @@ def as_shown(column: str, value: float) -> float:
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:
-    """One row per (machine, model, precision, decoding, mode): the metrics and accuracies of all its tests merged.
-    `machine` is the device's model name (a merged CPU + H100 report keeps both rows)."""
+    """One row per (machine, model, precision, decoding, mode, batch size): the metrics and accuracies of all its
+    tests merged. `machine` is the device's model name (a merged CPU + H100 report keeps both rows)."""
     rows: dict[tuple, dict] = {}
     for record in records:
         if record.outcome == "skipped":
             continue
         machine = record.device_name or record.device
-        key = (machine, record.model, record.precision, record.decoding, record.mode)
+        key = (machine, record.model, record.precision, record.decoding, record.mode, record.batch_size)
         row = rows.setdefault(key, {"machine": machine, "model": record.model, "precision": record.precision,
-                                    "decoding": record.decoding, "mode": record.mode, "device": record.device,
-                                    "family": "",
+                                    "decoding": record.decoding, "mode": record.mode,
+                                    "batch_size": record.batch_size, "device": record.device, "family": "",
                                     "compute": record.model_info.get("precision_params", {}).get("compute_dtype", "")})
         row["family"] = row["family"] or record.model_info.get("family", "")  # decoder, encoder-decoder, image-text
         for name, value in record.metrics.items():

@@ -12,8 +12,9 @@ from .comparison import decoding_pivot, fidelity_section, paired_section
 from .recommend import recommendations
 
 # The metrics that differ between decodings, for the by-decoding tables; the terminal's short table.
-DECODING_COLUMNS = ("ms_per_token", "ms_per_token_cv", "tokens_per_s", "latency_ms", "ttft_ms", "peak_mem_mb")
-TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "tokens_per_s")
+DECODING_COLUMNS = ("kernel", "ms_per_token", "bound_ms_per_token", "of_bound", "ms_per_token_cv", "tokens_per_s",
+                    "latency_ms", "ttft_ms", "peak_mem_mb")
+TERMINAL_COLUMNS = ("footprint_mb", "peak_mem_mb", "ms_per_token", "ms_per_token_iqr", "of_bound", "tokens_per_s")
 LONG_TABLE = 12  # rows above which a table is folded into <details> (GitHub and the HTML page open it on a click)
 
 
@@ -34,8 +35,12 @@ def _task_header(column: str, accuracy: str, perplexity: str) -> str:
 
 
 def _mode(frame: pd.DataFrame) -> list[str]:
-    """The mode column, where the session measured more than one (eager and compiled)."""
-    return ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
+    """The mode and batch-size columns, where the session measured more than one mode (eager and compiled) or a
+    batch size other than 1."""
+    shown = ["mode"] if "mode" in frame.columns and frame["mode"].nunique() > 1 else []
+    if "batch_size" in frame.columns and set(frame["batch_size"]) != {1}:
+        shown.append("batch_size")
+    return shown
 
 
 def _machine(frame: pd.DataFrame) -> list[str]:
@@ -44,12 +49,14 @@ def _machine(frame: pd.DataFrame) -> list[str]:
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (machine, model, precision, mode): greedy where it was measured, else the first decoding."""
+    """One row per (machine, model, precision, mode, batch size): greedy where it was measured, else the first
+    decoding."""
     if frame.empty:
         return frame
     order = frame["decoding"].map(lambda d: 0 if d == "greedy" else 1)
     ordered = frame.assign(_order=order).sort_values("_order", kind="stable")
-    merged = ordered.groupby(["machine", "model", "precision", "mode"], sort=False).first().reset_index()
+    keys = [c for c in ("machine", "model", "precision", "mode", "batch_size") if c in frame.columns]
+    merged = ordered.groupby(keys, sort=False).first().reset_index()
     return merged.drop(columns="_order")
 
 
@@ -120,7 +127,7 @@ def render(records: list[Record], env: dict, models: dict[str, dict]) -> str:
         for family, group in families:  # one table per model family (decoder, encoder-decoder, image-text)
             lines += ["", f"### {family or 'unknown'} models"] if len(families) > 1 else []
             lines += ["", _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", "compute",
-                                         *accuracy, *COLUMNS])]
+                                         "kernel", *accuracy, *COLUMNS])]
         lines += ["", "## By decoding", ""]
         for decoding, group in frame.groupby("decoding", sort=False):
             table = _table(group, [*_machine(frame), "model", "precision", *_mode(frame), "family", *accuracy,

@@ -66,11 +66,12 @@ def normalized(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def row_labels(summary: pd.DataFrame, with_model: bool = False) -> list[str]:
-    """Each row's precision, with its mode and machine where the summary holds more than one (and its model)."""
+    """Each row's precision, with its mode, batch size and machine where the summary holds more than one (and its
+    model)."""
     parts = [summary["precision"].astype(str)]
-    for column in ("mode", "machine"):
+    for column in ("mode", "batch_size", "machine"):
         if column in summary and summary[column].nunique() > 1:
-            parts.append(summary[column].astype(str))
+            parts.append(("bs" if column == "batch_size" else "") + summary[column].astype(str))
     if with_model:
         parts.insert(0, summary["model"].astype(str))
     return [" ".join(row) for row in zip(*parts)]
@@ -141,9 +142,10 @@ class HeatmapPanel:
 
 def heatmap_panels(summary: pd.DataFrame, metrics: list[str],
                    baselines: dict[tuple[str, str], str] | None = None) -> list[HeatmapPanel]:
-    """A panel per model, its rows compared with the baseline of their machine and mode (baseline_precision, from
-    `baselines`: (machine, model) -> recorded precision); columns the metrics that model has."""
-    keys = [c for c in ("machine", "model", "mode") if c in summary]
+    """A panel per model, its rows compared with the baseline of their machine, mode and batch size
+    (baseline_precision, from `baselines`: (machine, model) -> recorded precision); columns the metrics that model
+    has."""
+    keys = [c for c in ("machine", "model", "mode", "batch_size") if c in summary]
     panels = []
     for model, rows in summary.groupby("model", sort=False):
         changes, flags, named = [], pd.Series(False, index=rows.index), []

@@ -35,6 +35,8 @@ def recommendations(summary: pd.DataFrame) -> list[str]:
         label = label + " on " + summary["machine"].astype(str)
     if "mode" in summary and summary["mode"].nunique() > 1:
         label = label + " (" + summary["mode"].astype(str) + ")"
+    if "batch_size" in summary and summary["batch_size"].nunique() > 1:
+        label = label + " at batch " + summary["batch_size"].astype(str)
     lines = []
     # Precisions are ranked on the tasks all of them ran: a mean over different task sets compares nothing.
     accuracy = [c for c in accuracy_columns(summary) if summary[c].notna().all()]

@@ -1,0 +1,216 @@
+"""The batch-size axis (--qb-batch-size: ids, records, report rows), the kernel column read from the loaded model's
+layers, and the kernel-permitted bound of a decode step, on a tiny random-weight Qwen2.5 shape on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import pytest
+
+# Imported here, before any in-process inner session: pytester drops from sys.modules what was first imported inside
+# one, and the model class would then fail to import again for the tests that load it here.
+import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+from pytest_quantbench.cli import main
+from pytest_quantbench.decoding import parse_decoding
+from pytest_quantbench.kernels import Step, kernel_counts, linear_kernel, linear_modules
+from pytest_quantbench.models import load_model, resolve_model
+from pytest_quantbench.precisions import parse_precision
+from pytest_quantbench.report import records_frame
+from pytest_quantbench.report.markdown import render, summary_frame
+from pytest_quantbench.results import Record
+from pytest_quantbench.settings import parse_batch_sizes
+
+# 2 layers of 7 linear layers each, plus the LM head: 15; 4 query heads over 2 key/value heads of 16 dimensions.
+TINY_QWEN = ("synthetic:qwen2.5-0.5b:num_hidden_layers=2,hidden_size=64,intermediate_size=128,"
+             "num_attention_heads=4,num_key_value_heads=2,vocab_size=512")
+FAST = ("--qb-repeats=1", "--qb-warmup=0", "--qb-decoding=greedy", "-p", "no:cacheprovider")
+SPEED_TEST = """
+def test_speed(quantbench):
+    quantbench.measure(max_new_tokens=4)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("QB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    return resolve_model(TINY_QWEN)
+
+
+def test_batch_sizes_parse_as_positive_integers():
+    assert parse_batch_sizes("1,8,32") == (1, 8, 32)
+    assert parse_batch_sizes(" 8, 8 ,2") == (8, 2)
+    assert parse_batch_sizes(None) == (1,)
+    with pytest.raises(ValueError, match=r"--qb-batch-size must be at least 1, got 0"):
+        parse_batch_sizes("1,0")
+    with pytest.raises(ValueError, match=r"--qb-batch-size must be an integer, got 'x'"):
+        parse_batch_sizes("x")
+    with pytest.raises(ValueError, match="--qb-batch-size is empty"):
+        parse_batch_sizes(",")
+
+
+@pytest.mark.parametrize(("options", "ids"), [
+    ((), ["tiny-fp32-greedy"]),  # the default leaves today's ids alone
+    (("--qb-batch-size=8",), ["tiny-fp32-greedy-bs8"]),
+    (("--qb-batch-size=1,2",), ["tiny-fp32-greedy-bs1", "tiny-fp32-greedy-bs2"]),
+    (("--qb-batch-size=2", "--qb-mode=eager,compiled"), ["tiny-fp32-greedy-eager-bs2", "tiny-fp32-greedy-compiled-bs2"]),
+])
+def test_batch_size_joins_the_id_only_when_asked(pytester, options, ids):
+    pytester.makepyfile(test_batch_ids=SPEED_TEST)
+    result = pytester.runpytest("--collect-only", "-q", f"--qb-model=tiny={TINY_QWEN}", "--qb-precision=fp32",
+                                *options, *FAST)
+    result.stdout.fnmatch_lines([f"*test_speed[[]{name}[]]" for name in ids] + [f"*{len(ids)} test*collected*"])
+
+
+def test_batch_size_from_the_ini_file_and_selected_with_k(pytester):
+    pytester.makeini(f"[pytest]\nqb_model = tiny={TINY_QWEN}\nqb_precision = fp32,nf4\nqb_batch_size = 1,4\n")
+    pytester.makepyfile(test_batch_ini=SPEED_TEST)
+    result = pytester.runpytest("--collect-only", "-q", "-k", "bs4", *FAST)
+    result.stdout.fnmatch_lines(["*tiny-fp32-greedy-bs4*", "*tiny-nf4-greedy-bs4*", "*2/4 tests collected*"])
+
+
+def test_tests_of_one_batch_size_run_together(pytester):
+    """Within a (model, precision), every test of batch 1 before any of batch 2: a compiled step then compiles once
+    per batch size, its static cache made anew only when the batch size changes."""
+    pytester.makepyfile(test_batch_order=SPEED_TEST + "\n\ndef test_more(quantbench):\n    pass\n")
+    result = pytester.runpytest("--collect-only", "-q", f"--qb-model=tiny={TINY_QWEN}", "--qb-precision=fp32,nf4",
+                                "--qb-batch-size=1,2", *FAST)
+    order = [line.split("::")[1] for line in result.outlines if "::" in line]
+    assert order == [f"{test}[tiny-{precision}-greedy-bs{batch}]" for precision in ("fp32", "nf4")
+                     for batch in (1, 2) for test in ("test_speed", "test_more")]
+
+
+def test_batched_session_records_the_batch_kernels_and_bound(pytester, capsys):
+    """fp32 and nf4 at batch 1 and 2: one record per id with its batch size; every row of a batch decodes, so total
+    decode tokens/s is the per-sequence figure times the batch; the kernel column names what the layers run; the
+    bound is positive, its parts add up, and of_bound is the measured step over it."""
+    pytester.makepyfile(test_batched_speed=SPEED_TEST)
+    result = pytester.runpytest("-v", f"--qb-model=tiny={TINY_QWEN}", "--qb-precision=fp32,nf4",
+                                "--qb-batch-size=1,2", *FAST)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*of bound (%)*"])  # the terminal table
+    data = json.loads((pytester.path / ".quantbench" / "quantbench.json").read_text())
+    records = {r["test"].split("[")[1][:-1]: r for r in data["records"]}
+    assert set(records) == {f"tiny-{p}-greedy-bs{b}" for p in ("fp32", "nf4") for b in (1, 2)}
+    for name, record in records.items():
+        batch, metrics = int(name[-1]), record["metrics"]
+        assert record["batch_size"] == batch and metrics["sequences"] == batch
+        assert metrics["decode_tokens_per_s_per_seq"] == pytest.approx(1000 / metrics["ms_per_token"])
+        assert metrics["decode_tokens_per_s"] == pytest.approx(metrics["decode_tokens_per_s_per_seq"] * batch)
+        assert 0 < metrics["bound_ms_per_token"] < math.inf and metrics["bound_timing"] == "perf_counter"
+        assert metrics["of_bound"] == pytest.approx(metrics["ms_per_token"] / metrics["bound_ms_per_token"])
+        parts = metrics["bound_linear_ms"] + metrics["bound_attention_ms"] + metrics["bound_embedding_ms"]
+        assert metrics["bound_ms_per_token"] == pytest.approx(parts) and metrics["bound_attention_ms"] > 0
+        assert metrics["bound_kv_length"] == metrics["prompt_tokens"] + 2  # generate's cache, mean over 4 tokens
+        layers = record["model_info"]["bound_layers"]
+        assert sum(layer["count"] for layer in layers) == 15
+        assert sum(layer["ms"] for layer in layers) == pytest.approx(metrics["bound_linear_ms"])
+    assert records["tiny-fp32-greedy-bs2"]["metrics"]["kernel"] == "aten (CPU) ×15"
+    nf4 = records["tiny-nf4-greedy-bs1"]
+    assert re.fullmatch(r"bitsandbytes gem[mv]_4bit ×14, aten \(CPU\) ×1", nf4["metrics"]["kernel"])  # head stays
+    assert {layer["class"] for layer in nf4["model_info"]["bound_layers"]} == {"Linear4bit", "Linear"}
+
+    markdown = (pytester.path / ".quantbench" / "quantbench.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| model"))
+    for column in ("batch_size", "kernel", "ms/token", "bound ms/token", "of bound (%)", "decode tokens/s/seq"):
+        assert f" {column} " in header
+    with open(pytester.path / ".quantbench" / "quantbench.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["precision"], r["batch_size"]) for r in rows) == [("fp32", "1"), ("fp32", "2"), ("nf4", "1"),
+                                                                        ("nf4", "2")]
+    assert all(r["kernel"] and float(r["bound_ms_per_token"]) > 0 and float(r["of_bound"]) > 0 for r in rows)
+
+    report = str(pytester.path / ".quantbench" / "quantbench.json")
+    capsys.readouterr()
+    assert main(["compare", report, report, "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert {row["test"].split("[")[1][:-1] for row in compared["comparisons"]} == set(records)
+    assert not compared["only_in_baseline"] and not compared["only_in_new"]
+
+
+def test_report_rows_are_per_batch_size():
+    def record(batch: int, ms: float) -> Record:
+        return Record(f"t.py::test_speed[m-bf16-greedy-bs{batch}]", "m", "bf16", "greedy", "cuda", batch_size=batch,
+                      metrics={"ms_per_token": ms, "kernel": "cuBLAS ×8"})
+
+    records = [record(1, 10.0), record(8, 12.0)]
+    frame = records_frame(records)
+    assert sorted(zip(frame["batch_size"], frame["ms_per_token"])) == [(1, 10.0), (8, 12.0)]
+    assert len(summary_frame(frame)) == 2
+    header = next(line for line in render(records, {}, {}).splitlines() if line.startswith("| model"))
+    assert " batch_size " in header and " kernel " in header
+    alone = render([record(1, 10.0)], {}, {})
+    assert " batch_size " not in next(line for line in alone.splitlines() if line.startswith("| model"))
+    assert Record.from_dict({k: v for k, v in records[0].as_dict().items() if k != "batch_size"}).batch_size == 1
+
+
+def test_step_kernels_follow_device_compilation_and_rows():
+    """Inductor rewrites a one-row matmul into a reduction of its own only with its coordinate-descent tuning on a
+    GPU; with more rows it calls cuBLAS, after its own dequantization kernel for weight-only formats."""
+    inductor_one_row = Step(cuda=True, compiled=True, tuned=True, rows=1)
+    assert inductor_one_row.matmul() == "Inductor" and inductor_one_row.matmul(dequantized=True) == "Inductor"
+    assert Step(cuda=True, compiled=True, tuned=True, rows=8).matmul(dequantized=True) == "Inductor dequant + cuBLAS"
+    assert Step(cuda=True, compiled=True, tuned=False, rows=1).matmul() == "cuBLAS"
+    assert Step(cuda=True).matmul(dequantized=True) == "torch dequant + cuBLAS"
+    assert Step(cuda=False, compiled=True, tuned=True).matmul() == "aten (CPU)"
+
+
+def test_kernels_are_read_from_the_layers(tiny_synthetic):
+    """torchao's int8 weight-only layers are nn.Linear with an Int8Tensor weight: a dequantization then a matmul,
+    fused by Inductor in a one-row compiled step on a GPU; the LM head is plain; int4 on the CPU is unpacked int8."""
+    int8wo = load_model(tiny_synthetic, parse_precision("int8wo"), "cpu").model
+    layers = linear_modules(int8wo)
+    assert len(layers) == 15 and layers[-1] is int8wo.get_output_embeddings()
+    assert kernel_counts(int8wo, Step(cuda=False)) == {"torch dequant + aten (CPU)": 14, "aten (CPU)": 1}
+    assert linear_kernel(layers[0], Step(cuda=True, compiled=True, tuned=True)) == "Inductor"
+    assert linear_kernel(layers[0], Step(cuda=True, rows=8)) == "torch dequant + cuBLAS"
+    assert linear_kernel(layers[-1], Step(cuda=True, rows=8)) == "cuBLAS"
+    int4wo = load_model(tiny_synthetic, parse_precision("int4wo"), "cpu").model
+    assert type(linear_modules(int4wo)[0].weight).__name__.startswith("Intx")
+    assert kernel_counts(int4wo, Step(cuda=False)) == {"torch dequant + aten (CPU)": 14, "aten (CPU)": 1}
+
+
+def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(tiny_synthetic, monkeypatch):
+    """A compiled step at batch 2 gives eager's tokens in both rows (fp32); its bound times compiled mode's grouped
+    decode attention over the static cache (one query per row, 256 positions) and is computed once per session."""
+    from pytest_quantbench import compiled
+    from pytest_quantbench.bound import measured_bound
+    from pytest_quantbench.kernels import decode_step
+    from pytest_quantbench.measure import measure_generation
+
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    greedy = parse_decoding("greedy")
+    batches = []
+    generate_ids = handle.generate_ids
+    monkeypatch.setattr(handle, "generate_ids", lambda inputs, *args, **kwargs: (
+        batches.append(inputs["input_ids"].shape[0]) or generate_ids(inputs, *args, **kwargs)))
+    measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, batch_size=2)
+    assert batches and set(batches) == {2}  # eager generate decodes both rows
+    monkeypatch.undo()
+    metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled", batch_size=2)
+    assert metrics["sequences"] == 2 and metrics["compile_attention"] == "grouped_sdpa"
+    assert handle.compiled.cache_shape == (2, 256)  # the static cache holds both rows
+    inputs = handle.encode(["abc"] * 2)
+    eager = handle.generate_ids(inputs, greedy, 4, exact_length=True)
+    assert compiled.decoder_for(handle).generate(inputs["input_ids"], greedy, 4).tolist() == eager.tolist()
+
+    shapes = []
+    grouped = compiled.grouped_decode_attention
+    monkeypatch.setattr(compiled, "grouped_decode_attention", lambda module, query, key, *args, **kwargs: (
+        shapes.append((tuple(query.shape), tuple(key.shape))) or grouped(module, query, key, *args, **kwargs)))
+    step = decode_step(handle, greedy, metrics["sequences"], "compiled")
+    assert step == Step(cuda=False, compiled=True, tuned=handle.compiled.tuned, rows=2)
+    session_bounds: dict = {}
+    bound, _ = measured_bound(handle, step, metrics, "compiled", session_bounds)
+    assert shapes and set(shapes) == {((2, 4, 1, 16), (2, 2, 256, 16))}
+    assert bound["bound_kv_length"] == 256 and bound["bound_ms_per_token"] > 0 and len(session_bounds) == 1
+    calls = len(shapes)
+    again, _ = measured_bound(handle, step, {**metrics, "ms_per_token": 2 * metrics["ms_per_token"]}, "compiled",
+                              session_bounds)
+    assert len(shapes) == calls and again["bound_ms_per_token"] == bound["bound_ms_per_token"]
+    assert again["of_bound"] == pytest.approx(2 * bound["of_bound"])

@@ -6,7 +6,7 @@ eager and compiled, at batch 1.
 Each precision loads through the plugin's own `load_model` (a `synthetic:` model is written once, random weights in
 the published shape). The layer check feeds one random input row to `--layer` and compares the gemlite layer's output
 with F.linear over the weight read from the checkpoint, quantized and dequantized again in float32 as the precision
-quantizes it: the relative error is the kernel's own (it should be ~1e-3), and beside it the error against the
+quantizes it: the relative error is the kernel's own (~2e-3 in fp16, ~1.5e-2 in bf16), and beside it the error against the
 unquantized weight (the quantization's). Decode is timed with `timed_generation`, eager (transformers' generate) and
 compiled (static cache, one step under torch.compile with CUDA graphs: compiled.py), the median of `--repeats`
 generations after warm-up. Another precision (bf16) may be listed for comparison; it gets no layer check. Exits 2
@@ -110,7 +110,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="eager,compiled")
-    parser.add_argument("--max-error", type=float, default=0.01, help="largest kernel error that passes")
+    # A layout or packing fault gives errors near 1; rounding gives ~2e-3 in fp16 and ~1.5e-2 in bf16 at batch 1
+    parser.add_argument("--max-error", type=float, default=0.03, help="largest kernel error that passes")
     args = parser.parse_args()
 
     try:

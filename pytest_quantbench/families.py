@@ -180,4 +180,4 @@ def high_precision_modules(model, family: str) -> dict:
 
 def is_quantized_layer(module) -> bool:
     """A bitsandbytes (or other library's) quantized linear layer rather than a torch one."""
-    return type(module).__module__.split(".")[0] in ("bitsandbytes", "torchao", "gptqmodel", "hqq")
+    return type(module).__module__.split(".")[0] in ("bitsandbytes", "torchao", "gptqmodel", "hqq", "gemlite")

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import gemlite_layers
+
 DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -69,7 +71,8 @@ class Precision:
         """A reason this precision cannot run on `device`, or None when it can."""
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
-            return f"{self.name} needs the python package(s) {', '.join(missing)} ({self.library}): not installed"
+            gpu = "a CUDA GPU and " if self.needs_cuda and device != "cuda" else ""
+            return f"{self.name} needs {gpu}the python package(s) {', '.join(missing)} ({self.library}): not installed"
         if self.needs_cuda and device != "cuda":
             return f"{self.name} needs a CUDA GPU; device is {device}"
         return self.check(self, device) if self.check else None
@@ -332,7 +335,6 @@ def _hqq_after_load(precision: Precision, model, device: str) -> tuple[Any, dict
 def _gptqmodel(method: str) -> dict:
     """Registry fields shared by GPTQ and AWQ: quantized once through GPTQModel, cached, loaded by transformers."""
 
-
     def prepare(precision: Precision, source: Path, device: str, calibration) -> tuple[Path, dict]:
         from .quantize import gptqmodel_checkpoint, gptqmodel_load_kwargs
 
@@ -395,6 +397,8 @@ register(Precision("hqq", "hqq", "HQQ (Badri & Shaji): half-quadratic weight qua
                    lambda precision, device: {"dtype": torch_dtype(precision.resolved_compute_dtype(device))},
                    requires=("hqq",), parse_arg=_parse_bits_group(), arg_help="[@<bits>bit,g<group>]",
                    options=(("bits", 4), ("group_size", 64)), after_load=_hqq_after_load, compiles=False))
+for _bits in (4, 8):  # gemlite's Triton kernels: gemlite_layers.py
+    register(Precision(f"gemlite{_bits}", **gemlite_layers.fields(_bits)))
 
 _entry_points_loaded = False
 

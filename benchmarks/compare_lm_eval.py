@@ -198,8 +198,10 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     budget = scoring.budget_for(model, args.token_budget)
     warm = flat[: sum(len(r) for r in ours_requests[: args.warmup])]
     if warm:
-        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget)
-    ours, result["ours_s"] = timed(args.device, scoring.loglikelihood, model, tokenizer, flat, args.max_length, budget)
+        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=args.share_prefixes)
+    ours, result["ours_s"] = timed(args.device, scoring.loglikelihood, model, tokenizer, flat, args.max_length, budget,
+                                   share_prefixes=args.share_prefixes)
+    result["shared_prefixes"] = {None: "default", True: "on", False: "off"}[args.share_prefixes]
     result["token_budget"] = dataclasses.asdict(budget)
     result["ours_questions_per_s"] = len(docs) / result["ours_s"]
     ours_result = task.score(docs, ours_requests, ours)
@@ -349,10 +351,13 @@ def main() -> None:
                                                                        "to the device)")
     parser.add_argument("--max-length", type=int, default=None, help="context length of both sides (default: the "
                                                                      "model config's)")
+    parser.add_argument("--share-prefixes", choices=["default", "on", "off"], default="default",
+                        help="our shared few-shot prefix (default: scoring.loglikelihood's, on for the CPU only)")
     parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")
     parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.share_prefixes = {"default": None, "on": True, "off": False}[args.share_prefixes]
     default_sizes = parse_batch_sizes(args.lm_eval_batch_sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -4,7 +4,7 @@ from the precision's name), and the model's linear layers grouped by kind and sh
 A decode step's matmul has one row per sequence. Compiled with Inductor's coordinate-descent tuning on a GPU, a
 one-row matmul is rewritten into a reduction Inductor generates itself, fused with a weight-only dequantization
 (torch/_inductor/decomposition.py, `mm`); with more rows Inductor calls cuBLAS, after a kernel of its own for the
-dequantization. Kernels of a library's own (tinygemm, bitsandbytes, GPTQModel, HQQ) run as they are either way.
+dequantization. Kernels of a library's own (tinygemm, bitsandbytes, GPTQModel, HQQ, gemlite) run as they are either way.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def linear_kernel(module, step: Step) -> str:
         if "8bit" in name:
             return "bitsandbytes int8 matmul"
         return f"bitsandbytes {_bnb_4bit_op(module, step)}"
+    if library == "gemlite":
+        return f"gemlite {getattr(module, 'W_nbits', '?')}-bit"
     if name == "HQQLinear":
         return f"HQQ {str(getattr(module.backend, 'name', module.backend)).lower()}"
     if library == "gptqmodel" or "qlinear" in type(module).__module__:

@@ -221,11 +221,12 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(longer), logits_to_keep=1,
                 **shared)
     first = out.logits[:, -1, :].float().log_softmax(-1)  # [groups, vocab]: scores each continuation's first token
-    results: dict[int, tuple[float, bool]] = {}
+    pairs = [(gi, index, tokens[0]) for gi, group in enumerate(groups)
+             for index, tokens in zip(group.indices, group.continuations)]
+    rows_of = torch.tensor([gi for gi, _, _ in pairs], device=device)
+    firsts = first[rows_of, torch.tensor([token for _, _, token in pairs], device=device)].tolist()  # one sync
     greedy_first = first.argmax(-1).tolist()
-    for gi, group in enumerate(groups):
-        for index, tokens in zip(group.indices, group.continuations):
-            results[index] = (first[gi, tokens[0]].item(), greedy_first[gi] == tokens[0])
+    results = {index: (score, greedy_first[gi] == token) for (gi, index, token), score in zip(pairs, firsts)}
     if not longer:
         return results
     cache = getattr(out, "cache", None) or out.past_key_values
@@ -248,13 +249,15 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
                       position_ids=context_lengths[owner, None] + step, use_cache=False,
                       **{_cache_argument(model): _select_cache(cache, owner)})
         logprobs = later.logits.float().log_softmax(-1)  # [rows, width, vocab]
-        for i, ((g, c), row) in enumerate(zip(chunk, rows)):
-            targets = torch.tensor(row[1:], device=device)
-            picked = logprobs[i, : len(row) - 1].gather(-1, targets[:, None]).squeeze(-1)
-            greedy = bool((logprobs[i, : len(row) - 1].argmax(-1) == targets).all())
+        targets = torch.tensor([row[1:] + [0] * (width + 1 - len(row)) for row in rows], device=device)
+        valid = step[None, :] < torch.tensor([len(row) - 1 for row in rows], device=device)[:, None]
+        picked = logprobs.gather(-1, targets[..., None]).squeeze(-1)  # [rows, width]
+        sums = torch.where(valid, picked, 0.0).sum(-1).tolist()  # one sync a pass, not two a continuation
+        greedy = ((logprobs.argmax(-1) == targets) | ~valid).all(-1).tolist()
+        for (g, c), total, all_greedy in zip(chunk, sums, greedy):
             index = groups[g].indices[c]
             first_lp, first_greedy = results[index]
-            results[index] = (first_lp + picked.sum().item(), first_greedy and greedy)
+            results[index] = (first_lp + total, first_greedy and all_greedy)
     return results
 
 

@@ -30,26 +30,29 @@ from dataclasses import dataclass, field
 TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches gain nothing
 SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
 MAX_ROWS = 256  # rows per forward pass
-SLACK = 32  # tokens a row may be shorter than its batch's longest, whatever the share (see batches)
+PASS_TOKENS = 32  # what a CPU forward pass costs beyond its tokens, counted in tokens (see batches)
 MIN_SHARED = 64  # tokens a run of context must hold to be computed once and shared
 SHARED_BUDGET = 16384  # shared-prefix tokens held per pass (the prefix's key/value cache, repeated per row)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """What one forward pass may hold: padded input tokens, positions whose logits are kept, rows; and the padding
-    a row may carry (`slack` tokens, beside a tenth of its batch's longest)."""
+    """What one forward pass may hold: padded input tokens, positions whose logits are kept, rows, tokens of a
+    shared prefix's key/value cache (repeated per row); and what a pass costs whatever it holds, in tokens
+    (`pass_tokens`: batches trades padding against passes with it)."""
 
     tokens: int = TOKEN_BUDGET
     scored: int = SCORED_BUDGET
     rows: int = MAX_ROWS
-    slack: int = SLACK
+    pass_tokens: int = PASS_TOKENS
+    shared: int = SHARED_BUDGET
 
 
 # The most a GPU pass holds: 64k tokens of a 135M model are ~18 TFLOP (~35 ms on an H200) against a few ms of kernel
-# launches, so a larger pass would only hold more memory. With a thousand rows a pass, 32 tokens of slack a row
-# would be 32k padded tokens, more than a pass costs: the GPU keeps 8.
-GPU_CAP = Budget(tokens=65536, scored=16384, rows=1024, slack=8)
+# launches, so a larger pass would only hold more memory. A pass of the Qwen2.5-7B shape on an H200 costs ~30 ms
+# beyond its tokens (weights read, the host's kernel launches and the syncs between passes: GPU busy 47% over 19
+# passes, docs/results/h200/lm-eval), ~1,000 tokens at its ~37k tokens/s; smaller models cost more tokens a pass.
+GPU_CAP = Budget(tokens=65536, scored=16384, rows=1024, pass_tokens=1024, shared=262144)
 
 
 def default_budget(config, dtype_bytes: int, free_bytes: int | None) -> Budget:
@@ -69,10 +72,13 @@ def default_budget(config, dtype_bytes: int, free_bytes: int | None) -> Budget:
     # layer's keys and values, held for the context and again in the rows of its choices (up to five).
     per_token = dtype_bytes * (8 * hidden + 3 * intermediate + 6 * 2 * layers * kv_width)
     per_scored = vocab * (dtype_bytes + 8)  # a kept position's logits, their float copy and its log-softmax
+    per_shared = dtype_bytes * 2 * layers * kv_width  # a shared prefix's keys and values, per token and row
     usable = free_bytes // 2  # the rest: the allocator's fragmentation, attention masks, the other side's batches
     tokens = min(GPU_CAP.tokens, max(TOKEN_BUDGET, usable // 2 // per_token // 1024 * 1024))
     scored = min(GPU_CAP.scored, max(SCORED_BUDGET, usable // 4 // per_scored // 1024 * 1024))
-    return Budget(tokens, scored, GPU_CAP.rows, GPU_CAP.slack)  # a row keeps one position: `scored` covers it
+    shared = min(GPU_CAP.shared, max(SHARED_BUDGET, usable // 4 // per_shared // 1024 * 1024))
+    # a row keeps one position: `scored` covers it
+    return Budget(tokens, scored, GPU_CAP.rows, GPU_CAP.pass_tokens, shared)
 
 
 def budget_for(model, token_budget: int | Budget | None = None) -> Budget:
@@ -125,11 +131,46 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_tokens, whole[len(context_tokens):]
 
 
+def encode_many(tokenizer, texts: list[str], add_special_tokens: bool) -> dict[str, list[int]]:
+    """text -> tokens, in one batched call where the tokenizer takes one (a fast tokenizer splits a batch over
+    threads), else text by text."""
+    if not texts:
+        return {}
+    if callable(tokenizer):
+        return dict(zip(texts, tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]))
+    return {text: tokenizer.encode(text, add_special_tokens=add_special_tokens) for text in texts}
+
+
+def encode_pairs(tokenizer, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """`encode_pair` of every request, each distinct text tokenized once and in batches: the choices of a question
+    share its context, and one-by-one tokenization of long few-shot contexts held a GPU idle for much of a call."""
+    bos = tokenizer.bos_token
+    moved = []  # (context, continuation) with the context's trailing spaces moved; None for an empty context
+    for context, continuation in requests:
+        spaces = len(context) - len(context.rstrip())
+        moved.append(None if context == "" else (context[:-spaces], context[-spaces:] + continuation) if spaces
+                     else (context, continuation))
+    texts = {text for pair in moved if pair for text in (pair[0], pair[0] + pair[1])}
+    tokens = encode_many(tokenizer, sorted(t for t in texts if not (bos and t.startswith(bos))), True)
+    tokens.update(encode_many(tokenizer, sorted(t for t in texts if bos and t.startswith(bos)), False))
+    bare = encode_many(tokenizer, sorted({c for (context, c), pair in zip(requests, moved) if pair is None}), False)
+    prefix = prefix_token_id(tokenizer)
+    out = []
+    for (_, continuation), pair in zip(requests, moved):
+        if pair is None:
+            whole = bare[continuation]
+            out.append(([prefix], whole) if whole[:1] != [prefix] else (whole[:1], whole[1:]))
+        else:
+            context_tokens = tokens[pair[0]]
+            out.append((context_tokens, tokens[pair[0] + pair[1]][len(context_tokens):]))
+    return out
+
+
 def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) -> list[Group]:
     """Tokenize and group by identical (left-truncated) context, keeping request order within a group."""
     groups: dict[tuple[int, ...], Group] = {}
-    for index, (context, continuation) in enumerate(requests):
-        context_tokens, tokens = encode_pair(tokenizer, context, continuation)
+    for index, ((context, continuation), (context_tokens, tokens)) in enumerate(zip(requests,
+                                                                                     encode_pairs(tokenizer, requests))):
         if not tokens:
             raise ValueError(f"request {index}: the continuation {continuation!r} encodes to no tokens")
         if len(tokens) > max_length:
@@ -142,21 +183,27 @@ def group_requests(tokenizer, requests: list[tuple[str, str]], max_length: int) 
     return list(groups.values())
 
 
-def batches(lengths: list[int], budget: int, max_rows: int = 256, max_padding: float = 0.1,
-            slack: int = 32) -> list[list[int]]:
-    """Indices sorted longest first, cut into batches whose padded size (rows x longest) stays within `budget` and
-    whose rows are at most `max_padding` (or `slack` tokens) shorter than the longest: padding costs as much as real
-    tokens, but every forward pass has a fixed cost too (a 4-bit model dequantizes all its weights in each)."""
+def batches(lengths: list[int], budget: int, max_rows: int = MAX_ROWS, pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+    """Indices sorted longest first, cut into runs that cost the least: padded tokens (rows x longest) plus
+    `pass_tokens` a pass, what every forward pass costs whatever it holds (its weights read, a 4-bit model's weights
+    dequantized, its kernels launched). Each run stays within `budget` padded tokens (a longer row is a run of its
+    own) and `max_rows` rows. Exact, by dynamic programming over the sorted lengths; of equal costs, fewer passes."""
+    import numpy as np
+
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    for i in order:
-        longest = lengths[out[-1][0]] if out else 0
-        if out and (len(out[-1]) + 1) * longest <= budget and len(out[-1]) < max_rows \
-                and (lengths[i] >= longest * (1 - max_padding) or longest - lengths[i] <= slack):
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
+    width = np.array([lengths[i] for i in order], dtype=np.float64)
+    best, start = np.zeros(len(order) + 1), np.zeros(len(order) + 1, dtype=np.int64)
+    for end in range(1, len(order) + 1):  # best[end]: the least cost of the `end` longest rows
+        first = np.arange(max(0, end - max_rows), end)
+        padded = (end - first) * width[first]
+        cost = np.where((padded <= budget) | (first == end - 1), best[first] + padded + pass_tokens, np.inf)
+        pick = int(np.argmin(cost))  # the first of equal minima: the longest run
+        best[end], start[end] = cost[pick], first[pick]
+    out, end = [], len(order)
+    while end:
+        out.append(order[start[end]:end])
+        end = int(start[end])
+    return out[::-1]
 
 
 def _left_padded(rows: list[list[int]], pad_id: int, device):
@@ -234,7 +281,7 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
     # Continuations sorted by length into passes of kept positions within budget: padded to the longest of all,
     # ARC's answers (2 to 30 tokens) were 3x padding.
     widths = [len(groups[g].continuations[c]) - 1 for g, c in longer]
-    for part in batches(widths, budget.scored, max_rows=budget.scored, slack=budget.slack):
+    for part in batches(widths, budget.scored, max_rows=budget.scored, pass_tokens=budget.pass_tokens):
         chunk = [longer[i] for i in part]
         rows = [groups[g].continuations[c] for g, c in chunk]
         owner = torch.tensor([g for g, _ in chunk], device=device)
@@ -300,8 +347,9 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
         for length, members in [(0, alone), *clusters]:
             prefix = (length, _prefix_cache(model, groups[members[0]].context[:length])) if length else None
             rest = [Group(groups[i].context[length:], groups[i].continuations, groups[i].indices) for i in members]
-            rows = max(1, SHARED_BUDGET // length) if length else budget.rows
-            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows, slack=budget.slack):
+            rows = max(1, min(budget.rows, budget.shared // length)) if length else budget.rows
+            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows,
+                                 pass_tokens=budget.pass_tokens):
                 results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix, budget))
                 if progress is not None:
                     progress(sum(len(rest[i].indices) for i in batch))
@@ -347,7 +395,7 @@ def loglikelihood_rolling(model, tokenizer, texts: list[str], context_length: in
     sums = [0.0] * len(texts)
     with torch.inference_mode():
         for batch in batches([len(w[1]) for w in work], max(budget.tokens, context_length), max_rows=budget.rows,
-                             slack=budget.slack):
+                             pass_tokens=budget.pass_tokens):
             rows = [work[i] for i in batch]
             keep = max(len(targets) for _, _, targets in rows)
             for part in _split_rows(rows, keep, budget.scored):

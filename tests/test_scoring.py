@@ -93,11 +93,37 @@ def test_results_come_back_in_request_order_whatever_the_batching():
     assert batched == one_by_one == tiny_batches
 
 
-def test_batches_sort_longest_first_within_budget_and_padding():
+def test_batches_sort_longest_first_within_budget_and_weigh_padding_against_passes():
     assert scoring.batches([20, 80, 50, 48], budget=100) == [[1], [2, 3], [0]]  # 2 x 50 fit, 3 x 50 do not
-    assert scoring.batches([100, 90, 80], budget=1000, slack=10) == [[0, 1], [2]]  # 80: 20%, 20 tokens shorter
-    assert scoring.batches([100, 90, 80], budget=1000, slack=20) == [[0, 1, 2]]
-    assert scoring.batches([4, 4, 4], budget=100, max_rows=2) == [[0, 1], [2]]
+    # one pass of three costs 300 padded tokens + 10; [100, 95] then [60] 190 + 60 + 2 x 10: cheaper
+    assert scoring.batches([100, 95, 60], budget=1000, pass_tokens=10) == [[0, 1], [2]]
+    assert scoring.batches([100, 95, 60], budget=1000, pass_tokens=60) == [[0, 1, 2]]  # 360 against 370
+    assert [len(b) for b in scoring.batches([4, 4, 4], budget=100, max_rows=2)] == [1, 2]
+    assert scoring.batches([7, 900, 5, 1000], budget=10_000, pass_tokens=200) == [[3, 1], [0, 2]]
+    assert scoring.batches([5, 50], budget=10) == [[1], [0]]  # a row over the budget is a pass of its own
+
+
+def test_batches_are_the_cheapest_cut_of_the_sorted_lengths():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 7))]
+        budget, rows, pass_tokens = rng.randint(30, 200), rng.randint(1, 4), rng.randint(0, 40)
+        width = sorted(lengths, reverse=True)
+
+        def cost(cuts):
+            bounds = [0, *cuts, len(width)]
+            runs = [width[a:b] for a, b in itertools.pairwise(bounds)]
+            if any(len(r) > rows or (len(r) > 1 and len(r) * r[0] > budget) for r in runs):
+                return float("inf")
+            return sum(len(r) * r[0] + pass_tokens for r in runs)
+
+        cheapest = min(cost(c) for k in range(len(width)) for c in itertools.combinations(range(1, len(width)), k))
+        got = scoring.batches(lengths, budget, max_rows=rows, pass_tokens=pass_tokens)
+        assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+        assert sum(len(b) * lengths[b[0]] + pass_tokens for b in got) == cheapest
 
 
 def test_too_long_input_loses_context_tokens_on_the_left():
@@ -157,12 +183,13 @@ def test_cpu_budget_is_the_fixed_one():
 def test_gpu_budget_from_free_memory_and_the_model_shape():
     # bf16: per token 2 * (8*64 + 3*128 + 6*2*2*(2*16)) = 3,328 bytes; per kept position 500 * (2 + 8) = 5,000.
     # 200 MiB free: half planned for; tokens 52,428,800 / 3,328 = 15,753 -> 15,360; scored 26,214,400 / 5,000 = 5,242
-    # -> 5,120 (whole thousands of 1,024).
-    assert scoring.default_budget(_config(), 2, 200 << 20) == scoring.Budget(15360, 5120, 1024, 8)
+    # -> 5,120 (whole thousands of 1,024); a shared prefix's cache 2 * 2 * 2 * 32 = 256 bytes a token and row: a
+    # quarter of the planned 100 MiB holds 102,400 tokens.
+    assert scoring.default_budget(_config(), 2, 200 << 20) == scoring.Budget(15360, 5120, 1024, 1024, 102400)
     # A wider key/value head (head_dim 64) doubles the cache term: 2 * (512 + 384 + 3,072) = 7,936 bytes a token.
     assert scoring.default_budget(_config(head_dim=64), 2, 200 << 20).tokens == 52428800 // 7936 // 1024 * 1024
     assert scoring.default_budget(_config(), 2, 1 << 40) == scoring.GPU_CAP
-    assert scoring.default_budget(_config(), 2, 1 << 20) == scoring.Budget(4096, 2048, 1024, 8)  # never below the CPU's
+    assert scoring.default_budget(_config(), 2, 1 << 20) == scoring.Budget(4096, 2048, 1024, 1024)  # never below the CPU's
 
 
 def test_gpu_budget_reads_the_text_config_of_a_composite_model():

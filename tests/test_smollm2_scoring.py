@@ -54,6 +54,18 @@ def test_batched_equals_plain_unbatched_within_1e4(smollm2):
     assert [a[1] for a in batched] == [b[1] for b in plain]
 
 
+def test_batched_tokenization_equals_lm_evals_request_by_request(smollm2):
+    """encode_pairs tokenizes each distinct text once, in batches; it must give encode_pair's tokens for every kind of
+    request: shared contexts, trailing spaces moved to the continuation, an empty context, a text starting with BOS."""
+    from pytest_quantbench import scoring
+
+    _, tokenizer = smollm2
+    bos = tokenizer.bos_token or ""
+    requests = [*_requests(), ("Question: 2+2=", " 4"), ("Answer: ", "yes"), ("", "Hello there"),
+                (f"{bos}Once upon", " a time"), ("x  ", " y")]
+    assert scoring.encode_pairs(tokenizer, requests) == [scoring.encode_pair(tokenizer, *r) for r in requests]
+
+
 def test_rolling_batched_equals_alone_within_1e4(smollm2):
     from pytest_quantbench import scoring
     from pytest_quantbench.tasks.perplexity import detokenize, load_articles

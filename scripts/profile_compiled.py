@@ -20,8 +20,8 @@ import re
 import statistics
 from pathlib import Path
 
-MATMUL = re.compile(r"gemv|gemm|cutlass|xmma|nvjet|matmul|_mm_|mm_kernel|splitk|cublas|int8_mm|int4|fp8_mm", re.I)
-ATTENTION = re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)
+MATMUL = re.compile(r"gemv|gemm|cutlass|xmma|nvjet|matmul|_mm_|mm_kernel|splitk|cublas|int8_mm|int4|fp8_mm", re.IGNORECASE)
+ATTENTION = re.compile(r"flash|fmha|attention|sdpa|softmax", re.IGNORECASE)
 
 
 def category(kernel: str) -> str:

@@ -120,12 +120,12 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# {spec.name} {precision.name} {args.mode}: where a decode step goes", "",
              f"{result['device']}, torch {result['torch']}, prompt {prompt_tokens} tokens, {args.new_tokens} new.", "",
-             f"- decode: {step_ms:.3f} ms/token (median of {args.repeats}, CUDA events); under the profiler "
-             f"{profiled_step_ms:.3f} ms, of which kernels run {result['kernel_ms_per_token']:.3f} ms: the GPU is "
-             f"busy {result['gpu_busy_pct']:.1f}%",
-             f"- bytes per step {result['bytes_per_step_mb']:.0f} MB (KV {result['kv_bytes_per_step_mb']:.1f} MB) at "
-             f"{bandwidth:.0f} GB/s copy bandwidth: MBU {result['mbu_pct']:.1f}%, "
-             f"{result['mbu_if_gpu_never_idle_pct']:.1f}% counting kernel time only",
+             (f"- decode: {step_ms:.3f} ms/token (median of {args.repeats}, CUDA events); under the profiler "
+              f"{profiled_step_ms:.3f} ms, of which kernels run {result['kernel_ms_per_token']:.3f} ms: the GPU is "
+              f"busy {result['gpu_busy_pct']:.1f}%"),
+             (f"- bytes per step {result['bytes_per_step_mb']:.0f} MB (KV {result['kv_bytes_per_step_mb']:.1f} MB) at "
+              f"{bandwidth:.0f} GB/s copy bandwidth: MBU {result['mbu_pct']:.1f}%, "
+              f"{result['mbu_if_gpu_never_idle_pct']:.1f}% counting kernel time only"),
              f"- matmul kernels read the weights at {result['matmul_bandwidth_gbps'] or 0:.0f} GB/s", "",
              "| category | ms/token | share of kernel time |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v / 1000:.3f} | {100 * v / kernel_us:.1f}% |" for k, v in sorted(by_category.items())]

@@ -103,6 +103,16 @@ def test_batches_sort_longest_first_within_budget_and_weigh_padding_against_pass
     assert scoring.batches([5, 50], budget=10) == [[1], [0]]  # a row over the budget is a pass of its own
 
 
+def _cut_cost(width: list[int], cuts: tuple, budget: int, rows: int, pass_tokens: int) -> float:
+    """What batches' cost model charges for cutting the sorted `width` at `cuts`."""
+    import itertools
+
+    runs = [width[a:b] for a, b in itertools.pairwise([0, *cuts, len(width)])]
+    if any(len(r) > rows or (len(r) > 1 and len(r) * r[0] > budget) for r in runs):
+        return float("inf")
+    return sum(len(r) * r[0] + pass_tokens for r in runs)
+
+
 def test_batches_are_the_cheapest_cut_of_the_sorted_lengths():
     import itertools
     import random
@@ -112,15 +122,8 @@ def test_batches_are_the_cheapest_cut_of_the_sorted_lengths():
         lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 7))]
         budget, rows, pass_tokens = rng.randint(30, 200), rng.randint(1, 4), rng.randint(0, 40)
         width = sorted(lengths, reverse=True)
-
-        def cost(cuts):
-            bounds = [0, *cuts, len(width)]
-            runs = [width[a:b] for a, b in itertools.pairwise(bounds)]
-            if any(len(r) > rows or (len(r) > 1 and len(r) * r[0] > budget) for r in runs):
-                return float("inf")
-            return sum(len(r) * r[0] + pass_tokens for r in runs)
-
-        cheapest = min(cost(c) for k in range(len(width)) for c in itertools.combinations(range(1, len(width)), k))
+        cheapest = min(_cut_cost(width, cuts, budget, rows, pass_tokens) for k in range(len(width))
+                       for cuts in itertools.combinations(range(1, len(width)), k))
         got = scoring.batches(lengths, budget, max_rows=rows, pass_tokens=pass_tokens)
         assert sorted(i for b in got for i in b) == list(range(len(lengths)))
         assert sum(len(b) * lengths[b[0]] + pass_tokens for b in got) == cheapest

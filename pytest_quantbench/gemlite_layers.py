@@ -49,6 +49,13 @@ def activation_dtype(precision) -> str:
     return precision.compute_dtype or "fp16"
 
 
+def torch_activation_dtype(name: str):
+    """fp16 or bf16 as a torch dtype (here rather than from precisions.py, which imports this module)."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 def targets(model, family: str) -> list[str]:
     """Names of the nn.Linear layers gemlite replaces: all but the output head, the family's high-precision modules
     (a vision tower, its projector) and transformers' `_keep_in_fp32_modules` (T5's `wo`, which T5 reads the dtype of)."""
@@ -117,9 +124,8 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
     import torch
 
     from .families import model_family
-    from .precisions import torch_dtype
 
-    dtype = torch_dtype(dtype_name)
+    dtype = torch_activation_dtype(dtype_name)
     names = targets(model, model_family(model.config))
     check_widths(model, names, group if bits == 4 else MIN_WIDTH)
     start = time.perf_counter()
@@ -164,9 +170,7 @@ def fields(bits: int) -> dict[str, Any]:
     """The registry fields of gemlite4 / gemlite8 (precisions.py registers them)."""
 
     def build(precision, device: str) -> dict:
-        from .precisions import torch_dtype
-
-        return {"dtype": torch_dtype(activation_dtype(precision))}
+        return {"dtype": torch_activation_dtype(activation_dtype(precision))}
 
     def after_load(precision, model, device: str) -> tuple[Any, dict]:
         return model, replace_linears(model, bits, precision.option("group_size", GROUP_SIZE), activation_dtype(precision),

@@ -197,11 +197,12 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
         return result
     budget = scoring.budget_for(model, args.token_budget)
     warm = flat[: sum(len(r) for r in ours_requests[: args.warmup])]
+    share = {"default": None, "on": True, "off": False}[args.share_prefixes]
     if warm:
-        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=args.share_prefixes)
+        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=share)
     ours, result["ours_s"] = timed(args.device, scoring.loglikelihood, model, tokenizer, flat, args.max_length, budget,
-                                   share_prefixes=args.share_prefixes)
-    result["shared_prefixes"] = {None: "default", True: "on", False: "off"}[args.share_prefixes]
+                                   share_prefixes=share)
+    result["shared_prefixes"] = args.share_prefixes
     result["token_budget"] = dataclasses.asdict(budget)
     result["ours_questions_per_s"] = len(docs) / result["ours_s"]
     ours_result = task.score(docs, ours_requests, ours)
@@ -357,7 +358,6 @@ def main() -> None:
     parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    args.share_prefixes = {"default": None, "on": True, "off": False}[args.share_prefixes]
     default_sizes = parse_batch_sizes(args.lm_eval_batch_sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -117,15 +117,23 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
 
 
+def _move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's split: a context's trailing spaces belong to the continuation."""
+    spaces = len(context) - len(context.rstrip())
+    return (context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation)
+
+
+def _after_prefix(tokenizer, tokens: list[int]) -> tuple[list[int], list[int]]:
+    """An empty context's pair: the BOS (else EOS) token, then the continuation's tokens (which may begin with it)."""
+    prefix = prefix_token_id(tokenizer)
+    return ([prefix], tokens) if tokens[:1] != [prefix] else (tokens[:1], tokens[1:])
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context tokens, continuation tokens) exactly as lm-eval's `loglikelihood` builds them."""
     if context == "":
-        tokens = tokenizer.encode(continuation, add_special_tokens=False)
-        prefix = prefix_token_id(tokenizer)
-        return ([prefix], tokens) if tokens[:1] != [prefix] else (tokens[:1], tokens[1:])
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
+        return _after_prefix(tokenizer, tokenizer.encode(continuation, add_special_tokens=False))
+    context, continuation = _move_trailing_spaces(context, continuation)
     whole = encode(tokenizer, context + continuation)
     context_tokens = encode(tokenizer, context)
     return context_tokens, whole[len(context_tokens):]
@@ -145,21 +153,16 @@ def encode_pairs(tokenizer, requests: list[tuple[str, str]]) -> list[tuple[list[
     """`encode_pair` of every request, each distinct text tokenized once and in batches: the choices of a question
     share its context, and one-by-one tokenization of long few-shot contexts held a GPU idle for much of a call."""
     bos = tokenizer.bos_token
-    moved = []  # (context, continuation) with the context's trailing spaces moved; None for an empty context
-    for context, continuation in requests:
-        spaces = len(context) - len(context.rstrip())
-        moved.append(None if context == "" else (context[:-spaces], context[-spaces:] + continuation) if spaces
-                     else (context, continuation))
+    # (context, continuation) with the context's trailing spaces moved; None for an empty context
+    moved = [_move_trailing_spaces(*request) if request[0] else None for request in requests]
     texts = {text for pair in moved if pair for text in (pair[0], pair[0] + pair[1])}
     tokens = encode_many(tokenizer, sorted(t for t in texts if not (bos and t.startswith(bos))), True)
     tokens.update(encode_many(tokenizer, sorted(t for t in texts if bos and t.startswith(bos)), False))
-    bare = encode_many(tokenizer, sorted({c for (context, c), pair in zip(requests, moved) if pair is None}), False)
-    prefix = prefix_token_id(tokenizer)
+    bare = encode_many(tokenizer, sorted({c for (_, c), pair in zip(requests, moved) if pair is None}), False)
     out = []
     for (_, continuation), pair in zip(requests, moved):
         if pair is None:
-            whole = bare[continuation]
-            out.append(([prefix], whole) if whole[:1] != [prefix] else (whole[:1], whole[1:]))
+            out.append(_after_prefix(tokenizer, bare[continuation]))
         else:
             context_tokens = tokens[pair[0]]
             out.append((context_tokens, tokens[pair[0] + pair[1]][len(context_tokens):]))

@@ -353,7 +353,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="context length of both sides (default: the "
                                                                      "model config's)")
     parser.add_argument("--share-prefixes", choices=["default", "on", "off"], default="default",
-                        help="our shared few-shot prefix (default: scoring.loglikelihood's, on for the CPU only)")
+                        help="our shared few-shot prefix (default: scoring.loglikelihood's, where it saves more than it costs)")
     parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")
     parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
     parser.add_argument("--out", type=Path)

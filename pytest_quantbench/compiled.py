@@ -19,9 +19,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("eager", "compiled")
-# Inductor's coordinate-descent tuning of its Triton kernels: longer compile, faster steps. QB_COMPILE_TUNING=0 turns
-# it off (a shorter compile where a precision's kernels take long to tune); the record says which ran.
-TUNE_KERNELS = os.environ.get("QB_COMPILE_TUNING", "1") != "0"
+# Inductor's coordinate-descent tuning of its Triton kernels (QB_COMPILE_TUNING: auto, 1 or 0; the record says which
+# ran). It pays where Inductor generates a layer's matmul, fusing a weight-only dequantization into it (torchao's
+# int8/fp8 weights). It also rewrites every one-row matmul into a reduction of Inductor's own, which on plain weights
+# is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-batch): so "auto" tunes only the former.
+COMPILE_TUNING = os.environ.get("QB_COMPILE_TUNING", "auto").strip().lower()
+
+
+def tune_kernels(model, setting: str = COMPILE_TUNING) -> bool:
+    """Whether the decode step of `model` compiles with coordinate-descent tuning under `setting`."""
+    from .kernels import inductor_dequantizes
+
+    if setting in ("1", "true", "on"):
+        return True
+    if setting in ("0", "false", "off"):
+        return False
+    return inductor_dequantizes(model)
 # The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
 # with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
 DECODE_ATTENTION = "grouped"
@@ -67,14 +80,10 @@ class CompiledDecoder:
         """The decode step for this decoding: one token's forward pass, and for greedy decoding the argmax too (so a
         step is one CUDA graph replay); sampling draws outside the graph, from the returned logits."""
         import torch
-        import torch._inductor.config as inductor
 
         # A new batch size compiles the step again: past Dynamo's default 8 entries it would run uncompiled, silently.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.tuned = TUNE_KERNELS
-        if TUNE_KERNELS:  # as gpt-fast: tune the generated (e.g. fused weight-only dequant + matmul) Triton kernels
-            inductor.coordinate_descent_tuning = True
-            inductor.triton.unique_kernel_names = True
+        self.tuned = tune_kernels(self.model)
         greedy = not decoding.generate_kwargs.get("do_sample")
 
         def decode_one_token(input_ids, cache_position, cache):
@@ -84,14 +93,17 @@ class CompiledDecoder:
 
         if self.fallback:  # kernels that cannot be captured: the same static-cache loop, uncompiled
             return decode_one_token, greedy
-        options = {"triton.cudagraphs": True} if _device(self.model).type == "cuda" else {}  # "reduce-overhead"
+        # Per compile, not process-wide: models compiled in one session each keep their own tuning
+        options = {"coordinate_descent_tuning": self.tuned}
+        if _device(self.model).type == "cuda":
+            options["triton.cudagraphs"] = True  # "reduce-overhead"
         # Dynamo guards every weight of the model on each call; for tensor subclasses (torchao's quantized weights)
         # that is Python per weight, milliseconds a step. This step belongs to one model (its own code object, so
         # Dynamo's cache is its alone): the guards on the model's modules are not needed.
         skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         if skip_module_guards:
             options["guard_filter_fn"] = skip_module_guards
-        step = torch.compile(_own_code(decode_one_token), options=options or None, fullgraph=True, dynamic=False)
+        step = torch.compile(_own_code(decode_one_token), options=options, fullgraph=True, dynamic=False)
         return step, greedy
 
     def generate(self, input_ids, decoding, max_new_tokens: int, marks=None):

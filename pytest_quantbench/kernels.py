@@ -95,6 +95,12 @@ def linear_kernel(module, step: Step) -> str:
     return f"{name} ({weight})"
 
 
+def inductor_dequantizes(model) -> bool:
+    """Whether some linear layer's weight-only dequantization is left to Inductor to fuse (torchao int8/fp8)."""
+    step = Step(cuda=True, compiled=True)
+    return any(linear_kernel(module, step).startswith("Inductor dequant") for module in linear_modules(model))
+
+
 def _bnb_4bit_op(module, step: Step) -> str:
     """bitsandbytes' 4-bit kernel: its CPU layout runs gemv_4bit; recent versions run gemm_4bit on any rows,
     older ones gemv_4bit for one row and a dequantization before a matmul for more."""

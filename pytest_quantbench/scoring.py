@@ -244,6 +244,12 @@ def shared_prefixes(groups: list[Group], min_shared: int = MIN_SHARED) -> list[t
     return [(shared, members) for shared, members in clusters if len(members) > 1]
 
 
+def worth_sharing(length: int, contexts: int, budget: Budget) -> bool:
+    """Whether `contexts` that begin with the same `length` tokens cost less with that run computed once: it saves
+    the run in all but one of them, and costs a pass for the run and at least one more for what follows it."""
+    return (contexts - 1) * length > 2 * budget.pass_tokens
+
+
 def _prefix_cache(model, tokens: list[int]):
     """The key/value cache of a run of tokens that several contexts begin with."""
     import torch
@@ -332,9 +338,9 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
                   token_budget: int | Budget | None = None, progress=None,
                   share_prefixes: bool | None = None) -> list[tuple[float, bool]]:
     """(log p(continuation | context), is_greedy) per request, in request order. `token_budget`: see budget_for.
-    `share_prefixes`: long runs of tokens that contexts begin with go through the model once; by default on the CPU
-    only, where it was measured 3.5-4x faster on 5-shot MMLU with identical answers (on an H200 in bf16 it gained
-    nothing on a 135M model and moved 5% of answers by rounding: docs/results/h200/fewshot-prefix)."""
+    `share_prefixes`: long runs of tokens that contexts begin with go through the model once (True), never (False),
+    or by default where that saves more tokens than its extra passes cost (`worth_sharing`): on the CPU nearly
+    always (3.5-4x faster on 5-shot MMLU, identical answers); on a GPU, whose passes cost more, few-shot prompts."""
     import torch
 
     max_length = max_length or model_max_length(model)
@@ -342,9 +348,9 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
     groups = group_requests(tokenizer, requests, max_length)
     results: dict[int, tuple[float, bool]] = {}
     pad_id = pad_token_id(tokenizer)
-    if share_prefixes is None:
-        share_prefixes = model.device.type == "cpu"
-    clusters = shared_prefixes(groups) if share_prefixes else []
+    clusters = [] if share_prefixes is False else [
+        (length, members) for length, members in shared_prefixes(groups)
+        if share_prefixes or worth_sharing(length, len(members), budget)]
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
     with torch.inference_mode():
         for length, members in [(0, alone), *clusters]:

@@ -15,6 +15,7 @@ import pytest
 import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
 from pytest_quantbench.cli import main
+from pytest_quantbench.compiled import tune_kernels
 from pytest_quantbench.decoding import parse_decoding
 from pytest_quantbench.kernels import Step, kernel_counts, linear_kernel, linear_modules
 from pytest_quantbench.models import load_model, resolve_model
@@ -170,6 +171,10 @@ def test_kernels_are_read_from_the_layers(tiny_synthetic):
     assert linear_kernel(layers[0], Step(cuda=True, compiled=True, tuned=True)) == "Inductor"
     assert linear_kernel(layers[0], Step(cuda=True, rows=8)) == "torch dequant + cuBLAS"
     assert linear_kernel(layers[-1], Step(cuda=True, rows=8)) == "cuBLAS"
+    # Tuning pays where Inductor fuses a dequantization; plain weights keep cuBLAS (QB_COMPILE_TUNING=auto)
+    plain = load_model(tiny_synthetic, parse_precision("fp32"), "cpu").model
+    assert tune_kernels(int8wo, "auto") and not tune_kernels(plain, "auto")
+    assert tune_kernels(plain, "1") and not tune_kernels(int8wo, "0")
     int4wo = load_model(tiny_synthetic, parse_precision("int4wo"), "cpu").model
     assert type(linear_modules(int4wo)[0].weight).__name__.startswith("Intx")
     assert kernel_counts(int4wo, Step(cuda=False)) == {"torch dequant + aten (CPU)": 14, "aten (CPU)": 1}

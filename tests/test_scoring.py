@@ -161,6 +161,21 @@ def test_contexts_that_begin_alike_share_that_run_and_score_the_same():
     assert model.calls[0][:2] == (1, 80) and sum(rows * width for rows, width, _ in model.calls[1:3]) < 20
 
 
+def test_a_prefix_is_shared_by_default_only_where_it_saves_more_than_its_passes_cost():
+    cpu, gpu = scoring.Budget(), scoring.Budget(pass_tokens=1024)
+    assert scoring.worth_sharing(80, 3, cpu) and not scoring.worth_sharing(80, 3, gpu)
+    assert scoring.worth_sharing(500, 9, gpu)  # a subject's 5-shot prompt, nine questions
+    assert not scoring.worth_sharing(5000, 1, cpu)
+    model, tok = BigramModel(), CharTokenizer()
+    requests = [("ab x" * 20 + question, choice) for question in ("ba", "xa b", "a") for choice in ("b", " a", "x")]
+    scoring.loglikelihood(model, tok, requests, max_length=200, token_budget=gpu)
+    assert model.calls[0][:2] == (3, 84)  # the three whole contexts in one pass: no prefix pass
+    model.calls.clear()
+    forced = scoring.loglikelihood(model, tok, requests, max_length=200, token_budget=gpu, share_prefixes=True)
+    assert model.calls[0][:2] == (1, 80)
+    assert forced == scoring.loglikelihood(model, tok, requests, max_length=200, share_prefixes=False)
+
+
 def test_shared_prefixes_need_two_contexts_and_min_shared_tokens():
     groups = [scoring.Group(list(range(70)) + [i]) for i in (100, 101)] + [scoring.Group([5] * 70)]
     assert scoring.shared_prefixes(groups) == [(70, [0, 1])]

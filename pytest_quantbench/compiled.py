@@ -22,8 +22,12 @@ MODES = ("eager", "compiled")
 # Inductor's coordinate-descent tuning of its Triton kernels (QB_COMPILE_TUNING: auto, 1 or 0; the record says which
 # ran). It pays where Inductor generates a layer's matmul, fusing a weight-only dequantization into it (torchao's
 # int8/fp8 weights). It also rewrites every one-row matmul into a reduction of Inductor's own, which on plain weights
-# is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-batch): so "auto" tunes only the former.
+# is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-auto-tuning): so "auto" tunes only the former.
 COMPILE_TUNING = os.environ.get("QB_COMPILE_TUNING", "auto").strip().lower()
+# The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
+# with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
+DECODE_ATTENTION = "grouped"
+GROUPED_ATTENTION = "quantbench_grouped_sdpa"
 
 
 def tune_kernels(model, setting: str = COMPILE_TUNING) -> bool:
@@ -35,10 +39,6 @@ def tune_kernels(model, setting: str = COMPILE_TUNING) -> bool:
     if setting in ("0", "false", "off"):
         return False
     return inductor_dequantizes(model)
-# The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
-# with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
-DECODE_ATTENTION = "grouped"
-GROUPED_ATTENTION = "quantbench_grouped_sdpa"
 
 
 def why_not_compiled(decoding, family: str = "decoder") -> str | None:

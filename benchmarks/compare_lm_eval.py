@@ -172,6 +172,27 @@ def lm_eval_model(model, tokenizer, batch_size: int, args):
                 max_length=args.max_length, softmax_dtype=args.lm_eval_softmax_dtype)
 
 
+def lm_eval_run(model, tokenizer, batch_size: int, args, method: str, order: list, warm: int) -> dict:
+    """lm-eval's scores and seconds at one batch size, or {"error": ...} where that batch size runs out of memory:
+    a larger batch of long few-shot prompts may not fit, and the sizes that do still make the comparison."""
+    import torch
+
+    lm = lm_eval_model(model, tokenizer, batch_size, args)
+    call = getattr(lm, method)
+    try:
+        if warm:
+            call(order[:warm], disable_tqdm=True)
+        scores, seconds = timed(args.device, call, order, disable_tqdm=True)
+    except torch.OutOfMemoryError as error:
+        print(f"lm-eval batch size {batch_size}: out of memory, skipped", file=sys.stderr, flush=True)
+        return {"error": f"out of memory: {str(error).splitlines()[0]}"}
+    finally:
+        del lm
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return {"scores": scores, "seconds": seconds}
+
+
 def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args, model, tokenizer,
                  lm_eval_dir: Path) -> dict:
     from pytest_quantbench import scoring
@@ -211,10 +232,11 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     result["ours_acc_stderr"] = ours_result.metrics["acc_stderr"]
 
     for batch_size in batch_sizes:
-        lm = lm_eval_model(model, tokenizer, batch_size, args)
-        if warm:
-            lm.loglikelihood(order[: len(warm)], disable_tqdm=True)
-        theirs, seconds = timed(args.device, lm.loglikelihood, order, disable_tqdm=True)
+        run = lm_eval_run(model, tokenizer, batch_size, args, "loglikelihood", order, len(warm))
+        if "error" in run:
+            result[f"lm_eval_bs{batch_size}"] = run
+            continue
+        theirs, seconds = run["scores"], run["seconds"]
         theirs_result = task.score(docs, ours_requests, theirs)
         diffs = [abs(a[0] - b[0]) for a, b in zip(ours, theirs)]
         same = sum(1 for i in range(len(docs))
@@ -261,10 +283,11 @@ def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, toke
                   ours_word_perplexity=mine["word_perplexity"], ours_byte_perplexity=mine["byte_perplexity"],
                   ours_bits_per_byte=mine["bits_per_byte"])
     for batch_size in batch_sizes:
-        lm = lm_eval_model(model, tokenizer, batch_size, args)
-        if warm:
-            lm.loglikelihood_rolling(order[: len(warm)], disable_tqdm=True)
-        theirs, seconds = timed(args.device, lm.loglikelihood_rolling, order, disable_tqdm=True)
+        run = lm_eval_run(model, tokenizer, batch_size, args, "loglikelihood_rolling", order, len(warm))
+        if "error" in run:
+            result[f"lm_eval_bs{batch_size}"] = run
+            continue
+        theirs, seconds = run["scores"], run["seconds"]
         word_ppl = task.score(articles, [(ll, n) for ll, (_, n) in zip(theirs, ours)]).metrics["word_perplexity"]
         diffs = [abs(a[0] - b) for a, b in zip(ours, theirs)]
         result[f"lm_eval_bs{batch_size}"] = {
@@ -285,8 +308,9 @@ def _pred(scores, requests, i) -> int:
 
 
 def _fastest(result: dict, batch_sizes: list[int]) -> None:
-    if batch_sizes:
-        fastest = min(batch_sizes, key=lambda b: result[f"lm_eval_bs{b}"]["seconds"])
+    ran = [b for b in batch_sizes if "seconds" in result[f"lm_eval_bs{b}"]]
+    if ran:
+        fastest = min(ran, key=lambda b: result[f"lm_eval_bs{b}"]["seconds"])
         result["lm_eval_fastest_bs"] = fastest
         result["speedup_vs_fastest_lm_eval"] = result[f"lm_eval_bs{fastest}"]["seconds"] / result["ours_s"]
 

@@ -23,22 +23,28 @@ MODES = ("eager", "compiled")
 # ran). It pays where Inductor generates a layer's matmul, fusing a weight-only dequantization into it (torchao's
 # int8/fp8 weights). It also rewrites every one-row matmul into a reduction of Inductor's own, which on plain weights
 # is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-auto-tuning): so "auto" tunes only the former.
-COMPILE_TUNING = os.environ.get("QB_COMPILE_TUNING", "auto").strip().lower()
+TUNING_SETTINGS = {"auto": None, "1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 # The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
 # with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
 DECODE_ATTENTION = "grouped"
 GROUPED_ATTENTION = "quantbench_grouped_sdpa"
 
 
-def tune_kernels(model, setting: str = COMPILE_TUNING) -> bool:
-    """Whether the decode step of `model` compiles with coordinate-descent tuning under `setting`."""
+def compile_tuning() -> str:
+    """QB_COMPILE_TUNING, checked: ValueError naming the accepted values for any other."""
+    setting = os.environ.get("QB_COMPILE_TUNING", "auto").strip().lower() or "auto"
+    if setting not in TUNING_SETTINGS:
+        raise ValueError(f"QB_COMPILE_TUNING={setting!r} is not a setting: give auto, 1 (or on) or 0 (or off)")
+    return setting
+
+
+def tune_kernels(model, setting: str | None = None) -> bool:
+    """Whether the decode step of `model` compiles with coordinate-descent tuning under `setting`
+    (default: QB_COMPILE_TUNING)."""
     from .kernels import inductor_dequantizes
 
-    if setting in ("1", "true", "on"):
-        return True
-    if setting in ("0", "false", "off"):
-        return False
-    return inductor_dequantizes(model)
+    tuned = TUNING_SETTINGS[setting or compile_tuning()]
+    return inductor_dequantizes(model) if tuned is None else tuned
 
 
 def why_not_compiled(decoding, family: str = "decoder") -> str | None:

@@ -246,12 +246,14 @@ def parse_sandbox(value) -> str:
 
 
 def check_modes(modes: list[str]) -> list[str]:
-    from .compiled import MODES
+    from .compiled import MODES, compile_tuning
 
     modes = [m.lower() for m in modes]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(MODES)}")
+    if "compiled" in modes:
+        compile_tuning()  # a mistyped setting would otherwise compile as "auto" without a word
     return modes
 
 

@@ -79,6 +79,15 @@ def test_bad_option_is_a_usage_error(pytester, args, message):
     assert_usage_error(pytester.runpytest(*args), message)
 
 
+def test_mistyped_compile_tuning_is_a_usage_error(pytester, monkeypatch):
+    pytester.makepyfile(SPEED_TEST)
+    monkeypatch.setenv("QB_COMPILE_TUNING", "yes please")
+    assert_usage_error(pytester.runpytest("--qb-mode=compiled"),
+                       "QB_COMPILE_TUNING='yes please' is not a setting: give auto, 1 (or on) or 0 (or off)")
+    monkeypatch.setenv("QB_COMPILE_TUNING", "ON")
+    assert pytester.runpytest("--qb-mode=compiled", "--collect-only", "-q").ret == 0
+
+
 @pytest.mark.parametrize(("ini", "message"), [
     ("qb_max_memory_mb = -1", "--qb-max-memory-mb must be a finite number >= 0, got -1"),
     ("qb_max_new_tokens = 0", "--qb-max-new-tokens must be at least 2"),

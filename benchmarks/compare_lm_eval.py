@@ -204,6 +204,16 @@ def time_rounds(args, ours_call, method: str, order: list, warm: int, batch_size
     return ours, ours_seconds, theirs
 
 
+def ran(result: dict, lm_eval_runs: dict):
+    """(batch size, scores, fastest seconds, every round's seconds) of each lm-eval batch size that ran; the error of
+    one that did not goes into `result` as its entry."""
+    for batch_size, run in lm_eval_runs.items():
+        if isinstance(run, dict):
+            result[f"lm_eval_bs{batch_size}"] = run
+        else:
+            yield batch_size, run[0], min(run[1]), run[1]
+
+
 def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args, model, tokenizer,
                  lm_eval_dir: Path) -> dict:
     from pytest_quantbench import scoring
@@ -244,12 +254,7 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     result["ours_acc_norm"] = ours_result.metrics.get("acc_norm")
     result["ours_acc_stderr"] = ours_result.metrics["acc_stderr"]
 
-    for batch_size, run in lm_eval_runs.items():
-        if isinstance(run, dict):
-            result[f"lm_eval_bs{batch_size}"] = run
-            continue
-        theirs, rounds = run
-        seconds = min(rounds)
+    for batch_size, theirs, seconds, rounds in ran(result, lm_eval_runs):
         theirs_result = task.score(docs, ours_requests, theirs)
         diffs = [abs(a[0] - b[0]) for a, b in zip(ours, theirs)]
         same = sum(1 for i in range(len(docs))
@@ -297,12 +302,7 @@ def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, toke
                   ours_questions_per_s=len(texts) / result["ours_s"], ours_tokens_per_s=tokens / result["ours_s"],
                   ours_word_perplexity=mine["word_perplexity"], ours_byte_perplexity=mine["byte_perplexity"],
                   ours_bits_per_byte=mine["bits_per_byte"])
-    for batch_size, run in lm_eval_runs.items():
-        if isinstance(run, dict):
-            result[f"lm_eval_bs{batch_size}"] = run
-            continue
-        theirs, rounds = run
-        seconds = min(rounds)
+    for batch_size, theirs, seconds, rounds in ran(result, lm_eval_runs):
         word_ppl = task.score(articles, [(ll, n) for ll, (_, n) in zip(theirs, ours)]).metrics["word_perplexity"]
         diffs = [abs(a[0] - b) for a, b in zip(ours, theirs)]
         result[f"lm_eval_bs{batch_size}"] = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+from .fusion import decode_linears
 from .kernels import Step, linear_kernel, linear_modules, weight_type
 
 CPU_MIN_ROUNDS, CPU_MAX_ROUNDS, CPU_BUDGET_S = 3, 20, 0.1  # per timed part: a few rounds, a tenth of a second
@@ -64,9 +65,10 @@ def time_ms(call, cuda: bool) -> tuple[float, str]:
 
 
 def linear_groups(model, step: Step, skipped=()) -> dict[tuple, list]:
-    """(kernel, class, in_features, out_features, weight type) -> the layers of that kind, in model order."""
+    """(kernel, class, in_features, out_features, weight type) -> the layers of that kind, in model order (a fused
+    group of projections is one layer)."""
     groups: dict[tuple, list] = {}
-    for module in linear_modules(model, skipped):
+    for module in decode_linears(linear_modules(model, skipped), step.fused):
         key = (linear_kernel(module, step), type(module).__name__, module.in_features, module.out_features,
                weight_type(module))
         groups.setdefault(key, []).append(module)

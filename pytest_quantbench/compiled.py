@@ -6,7 +6,8 @@ what a precision's kernels can really do.
 Greedy and sampling run here. Beam search reorders the cache every step and is left to eager mode (skip reason).
 Precisions whose kernels do not compile into one graph (bitsandbytes int8, GPTQModel, offload, HQQ), and any
 whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`).
-With SDPA attention and grouped query heads, a decode step attends with each key/value head's query heads as its
+Sibling projections reading one input (q/k/v, gate/up) run as one matmul in the compiled step (fusion.py;
+`compile_fused` in the record). With SDPA attention and grouped query heads, a decode step attends with each key/value head's query heads as its
 query rows rather than copying the key/value heads (`grouped_decode_attention`; `compile_attention` in the record).
 """
 
@@ -17,6 +18,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from .fusion import compile_fuse, fuse_projections
 
 MODES = ("eager", "compiled")
 # Inductor's coordinate-descent tuning of its Triton kernels (QB_COMPILE_TUNING: auto, 1 or 0; the record says which
@@ -70,6 +73,7 @@ class CompiledDecoder:
     fallback: str | None = None
     tuned: bool = False  # compiled with Inductor's coordinate-descent tuning
     attention: str | None = None  # the attention implementation the decode step ran
+    fused: list = field(default_factory=list)  # the projections the compiled step runs as one matmul (fusion.py)
 
     def _cache_for(self, batch: int, length: int):
         from transformers import StaticCache
@@ -91,10 +95,15 @@ class CompiledDecoder:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.tuned = tune_kernels(self.model)
         greedy = not decoding.generate_kwargs.get("do_sample")
+        if not self.fallback and not self.fused and compile_fuse():
+            self.fused = fuse_projections(self.model)
+        fused = self.fused
 
         def decode_one_token(input_ids, cache_position, cache):
             logits = self.model(input_ids=input_ids, cache_position=cache_position, past_key_values=cache,
                                 use_cache=True).logits[:, -1]
+            for group in fused:
+                group.clear()
             return _pick(logits, decoding, ends) if greedy else logits
 
         if self.fallback:  # kernels that cannot be captured: the same static-cache loop, uncompiled

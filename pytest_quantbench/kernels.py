@@ -12,18 +12,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from .fusion import decode_linears
+
 CPU_MATMUL = "aten (CPU)"
 
 
 @dataclass(frozen=True)
 class Step:
     """What decides the kernels of one decode step: the device, whether Inductor compiled the step (with its
-    coordinate-descent tuning), and how many rows (sequences) each matmul has."""
+    coordinate-descent tuning), how many rows (sequences) each matmul has, and which projections it runs as one
+    matmul (fusion.py)."""
 
     cuda: bool
     compiled: bool = False
     tuned: bool = False
     rows: int = 1
+    fused: tuple = ()
 
     @property
     def inductor_matmul(self) -> bool:
@@ -47,7 +51,8 @@ def decode_step(handle, decoding, sequences: int, mode: str) -> Step:
     decoder = handle.compiled if mode == "compiled" else None
     compiled = decoder is not None and not decoder.fallback
     return Step(cuda=cuda_ready(handle.device), compiled=compiled, tuned=compiled and decoder.tuned,
-                rows=sequences * decoding.generate_kwargs.get("num_beams", 1))
+                rows=sequences * decoding.generate_kwargs.get("num_beams", 1),
+                fused=tuple(decoder.fused) if compiled else ())
 
 
 def linear_modules(model, skipped=()) -> list:
@@ -114,8 +119,9 @@ def _bnb_4bit_op(module, step: Step) -> str:
 
 
 def kernel_counts(model, step: Step, skipped=()) -> dict[str, int]:
-    """How many linear layers run each kernel, most first."""
-    return dict(Counter(linear_kernel(m, step) for m in linear_modules(model, skipped)).most_common())
+    """How many matmuls of a decode step run each kernel (a fused group counts once), most first."""
+    layers = decode_linears(linear_modules(model, skipped), step.fused)
+    return dict(Counter(linear_kernel(m, step) for m in layers).most_common())
 
 
 def kernel_label(counts: dict[str, int]) -> str:

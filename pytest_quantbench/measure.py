@@ -7,6 +7,7 @@ import gc
 import statistics
 import time
 
+from .fusion import fused_label
 from .trackers import MB, MemoryTracker, StepClock, Timer, cuda_ready, storage_bytes
 
 
@@ -132,6 +133,7 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         metrics["compile_s"] = handle.compiled.compile_s
         metrics["compile_tuning"] = handle.compiled.tuned
         metrics["compile_attention"] = handle.compiled.attention
+        metrics["compile_fused"] = fused_label(handle.compiled.fused)
         if handle.compiled.fallback:
             metrics["compile_fallback"] = handle.compiled.fallback
     if on_results is not None:

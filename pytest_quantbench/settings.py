@@ -247,6 +247,7 @@ def parse_sandbox(value) -> str:
 
 def check_modes(modes: list[str]) -> list[str]:
     from .compiled import MODES, compile_tuning
+    from .fusion import compile_fuse
 
     modes = [m.lower() for m in modes]
     unknown = [m for m in modes if m not in MODES]
@@ -254,6 +255,7 @@ def check_modes(modes: list[str]) -> list[str]:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(MODES)}")
     if "compiled" in modes:
         compile_tuning()  # a mistyped setting would otherwise compile as "auto" without a word
+        compile_fuse()
     return modes
 
 

@@ -86,6 +86,9 @@ def test_mistyped_compile_tuning_is_a_usage_error(pytester, monkeypatch):
                        "QB_COMPILE_TUNING='yes please' is not a setting: give auto, 1 (or on) or 0 (or off)")
     monkeypatch.setenv("QB_COMPILE_TUNING", "ON")
     assert pytester.runpytest("--qb-mode=compiled", "--collect-only", "-q").ret == 0
+    monkeypatch.setenv("QB_COMPILE_FUSE", "maybe")
+    assert_usage_error(pytester.runpytest("--qb-mode=compiled"),
+                       "QB_COMPILE_FUSE='maybe' is not a setting: give 1 (or on) or 0 (or off)")
 
 
 @pytest.mark.parametrize(("ini", "message"), [

@@ -209,7 +209,8 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
     monkeypatch.setattr(compiled, "grouped_decode_attention", lambda module, query, key, *args, **kwargs: (
         shapes.append((tuple(query.shape), tuple(key.shape))) or grouped(module, query, key, *args, **kwargs)))
     step = decode_step(handle, greedy, metrics["sequences"], "compiled")
-    assert step == Step(cuda=False, compiled=True, tuned=handle.compiled.tuned, rows=2)
+    assert step == Step(cuda=False, compiled=True, tuned=handle.compiled.tuned, rows=2,
+                        fused=tuple(handle.compiled.fused))
     session_bounds: dict = {}
     bound, _ = measured_bound(handle, step, metrics, "compiled", session_bounds)
     assert shapes and set(shapes) == {((2, 4, 1, 16), (2, 2, 256, 16))}
@@ -219,3 +220,72 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
                               session_bounds)
     assert len(shapes) == calls and again["bound_ms_per_token"] == bound["bound_ms_per_token"]
     assert again["of_bound"] == pytest.approx(2 * bound["of_bound"])
+
+
+def _step_matmuls(decoder, ids, greedy) -> int:
+    """How many matmuls one compiled decode step of `decoder` runs (the profiler's aten mm/addmm calls)."""
+    from torch.profiler import profile
+
+    def count(prof) -> int:
+        return sum(event.name in ("aten::mm", "aten::addmm") for event in prof.events())
+
+    decoder.generate(ids, greedy, 2)
+    with profile() as prefill_only:
+        decoder.generate(ids, greedy, 1)
+    with profile() as one_step:
+        decoder.generate(ids, greedy, 2)
+    return count(one_step) - count(prefill_only)
+
+
+def test_compiled_step_runs_sibling_projections_as_one_matmul(tiny_synthetic, monkeypatch):
+    """q/k/v and gate/up run as one matmul each in the compiled step (2 layers: 4 matmuls a layer and the LM head,
+    not 15), with eager's tokens; the members' weights become views of the fused weight, so eager logits and the
+    weights' memory do not change. The kernel column and the bound count a fused group as one layer. QB_COMPILE_FUSE=0
+    compiles the layers apart; quantized layers are never fused."""
+    import torch
+
+    from pytest_quantbench import compiled
+    from pytest_quantbench.bound import measured_bound
+    from pytest_quantbench.kernels import decode_step
+    from pytest_quantbench.measure import measure_generation
+
+    greedy = parse_decoding("greedy")
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    inputs = handle.encode(["abc def"])
+    ids = inputs["input_ids"]
+    bytes_before = sum(p.numel() * p.element_size() for p in handle.model.parameters())
+    with torch.inference_mode():
+        logits_before = handle.model(**inputs).logits
+    eager = handle.generate_ids(inputs, greedy, 6, exact_length=True).tolist()
+    decoder = compiled.decoder_for(handle)
+    assert decoder.generate(ids, greedy, 6).tolist() == eager
+    assert [group.names for group in decoder.fused] == [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")] * 2
+    assert _step_matmuls(decoder, ids, greedy) == 9
+    attention = handle.model.model.layers[0].self_attn
+    group = decoder.fused[0]
+    assert group.out_features == 64 + 32 + 32 and group.bias is not None  # Qwen2's q/k/v have biases
+    assert attention.k_proj.weight.data_ptr() == group.weight[64:].data_ptr()
+    with torch.inference_mode():
+        assert torch.equal(handle.model(**inputs).logits, logits_before)
+    assert handle.generate_ids(inputs, greedy, 6, exact_length=True).tolist() == eager
+    assert sum(p.numel() * p.element_size() for p in handle.model.parameters()) == bytes_before
+
+    metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled")
+    assert metrics["compile_fused"] == "q_proj+k_proj+v_proj ×2, gate_proj+up_proj ×2"
+    step = decode_step(handle, greedy, 1, "compiled")
+    assert kernel_counts(handle.model, step) == {"aten (CPU)": 9}
+    assert kernel_counts(handle.model, decode_step(handle, greedy, 1, "eager")) == {"aten (CPU)": 15}
+    _, layers = measured_bound(handle, step, metrics, "compiled", {})
+    assert [(layer["class"], layer["out_features"], layer["count"]) for layer in layers if
+            layer["class"] == "FusedLinear"] == [("FusedLinear", 128, 2), ("FusedLinear", 256, 2)]
+
+    monkeypatch.setenv("QB_COMPILE_FUSE", "0")
+    apart = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    decoder = compiled.decoder_for(apart)
+    assert decoder.generate(ids, greedy, 6).tolist() == eager and not decoder.fused
+    assert _step_matmuls(decoder, ids, greedy) == 15
+    monkeypatch.delenv("QB_COMPILE_FUSE")
+    quantized = load_model(tiny_synthetic, parse_precision("int8wo"), "cpu")
+    decoder = compiled.decoder_for(quantized)
+    decoder.generate(quantized.encode(["abc"])["input_ids"], greedy, 3)
+    assert not decoder.fused

@@ -1,0 +1,122 @@
+"""Fused projections for the compiled decode step: sibling linear layers that read the same input (an attention's
+q/k/v projections, an MLP's gate/up projections) run as one matmul, as gpt-fast's `wqkv` and `w1w3` do.
+
+At one row per sequence a matmul reads its weight and little else, and a small one (a key/value projection of a
+grouped-query model: 3584x512 at the 7B shape) cannot reach the memory bandwidth a large one does; one launch over
+the concatenated weight reads it at the large one's speed. The fused weight is one tensor whose row blocks are the
+members' weights (views, no second copy), so eager mode, the prefill and the memory figures see the same layers and
+values as before. Only inside torch.compile's trace does the first member of a group run the fused matmul; the
+others take their slice of its output. QB_COMPILE_FUSE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Sibling projections fused where all are plain nn.Linear layers of one module reading one input.
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+FUSE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def compile_fuse() -> bool:
+    """QB_COMPILE_FUSE (default on), checked: ValueError naming the accepted values for any other."""
+    setting = os.environ.get("QB_COMPILE_FUSE", "1").strip().lower() or "1"
+    if setting not in FUSE_SETTINGS:
+        raise ValueError(f"QB_COMPILE_FUSE={setting!r} is not a setting: give 1 (or on) or 0 (or off)")
+    return FUSE_SETTINGS[setting]
+
+
+class FusedLinear:
+    """One matmul over the concatenated weights of `members` (in order); each member's weight and bias become views
+    of the fused ones. Has what bound.py and kernels.py read of a linear layer (in/out features, weight, a call)."""
+
+    def __init__(self, members: list, names: tuple[str, ...]):
+        import torch
+
+        self.names = names
+        self.members = members
+        self.in_features = members[0].in_features
+        self.out_features = sum(member.out_features for member in members)
+        with torch.no_grad():
+            self.weight = torch.cat([member.weight for member in members])
+            self.bias = None if members[0].bias is None else torch.cat([member.bias for member in members])
+            start = 0
+            for member in members:  # the members' own tensors are freed: the fused one holds their values
+                end = start + member.out_features
+                member.weight.data = self.weight[start:end]
+                if self.bias is not None:
+                    member.bias.data = self.bias[start:end]
+                member.forward = self._member_forward(member.forward, start, end)
+                start = end
+        self._input = self._output = None
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.weight, self.bias)
+
+    def _member_forward(self, original, start: int, end: int):
+        import torch
+
+        def forward(x):
+            if not torch.compiler.is_compiling():
+                return original(x)
+            if self._input is not x:  # the first member called on this input runs the group's matmul
+                self._input, self._output = x, self(x)
+            return self._output[..., start:end]
+
+        return forward
+
+    def clear(self) -> None:
+        """Forget the last output (called at the end of each traced step, so that it is not an output of the graph)."""
+        self._input = self._output = None
+
+
+def fuse_projections(model) -> list[FusedLinear]:
+    """Fuse every group of sibling projections in `model` whose members are plain, unhooked nn.Linear layers with
+    ordinary weights of one dtype and device and one input size; the groups made."""
+    import torch
+
+    fused = []
+    for module in model.modules():
+        for names in GROUPS:
+            members = [getattr(module, name, None) for name in names]
+            if _fusable(members, torch):
+                fused.append(FusedLinear(members, names))
+    return fused
+
+
+def _fusable(members: list, torch) -> bool:
+    if any(type(member) is not torch.nn.Linear for member in members):
+        return False  # absent, or a quantized layer class
+    weights = [member.weight for member in members]
+    if any(type(weight) is not torch.nn.Parameter or weight.device.type == "meta" for weight in weights):
+        return False  # torchao's tensor subclasses, offloaded weights
+    if any(hasattr(member, "_hf_hook") or member._forward_hooks or member._forward_pre_hooks for member in members):
+        return False
+    if len({member.bias is None for member in members}) > 1:
+        return False
+    return (len({(w.dtype, w.device, w.shape[1]) for w in weights}) == 1
+            and "forward" not in vars(members[0]))  # not fused already
+
+
+def fused_label(fused: list[FusedLinear]) -> str:
+    """'q_proj+k_proj+v_proj ×28, gate_proj+up_proj ×28', or '' when nothing was fused."""
+    from collections import Counter
+
+    counts = Counter("+".join(group.names) for group in fused)
+    return ", ".join(f"{names} ×{count}" for names, count in counts.items())
+
+
+def decode_linears(linears: list, fused: list[FusedLinear]) -> list:
+    """The linear layers one decode step runs: each fused group once in place of its members."""
+    members = {id(member): group for group in fused for member in group.members}
+    out, seen = [], set()
+    for module in linears:
+        group = members.get(id(module))
+        if group is None:
+            out.append(module)
+        elif id(group) not in seen:
+            seen.add(id(group))
+            out.append(group)
+    return out

@@ -242,10 +242,18 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     share = {"default": None, "on": True, "off": False}[args.share_prefixes]
     if warm:
         scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=share)
-    ours, ours_seconds, lm_eval_runs = time_rounds(
-        args, lambda: scoring.loglikelihood(model, tokenizer, flat, args.max_length, budget, share_prefixes=share),
-        "loglikelihood", order, len(warm), batch_sizes, model, tokenizer)
+    rounds_stats: list[dict] = []  # each round's tokenizing seconds and forward passes
+
+    def ours_call():
+        rounds_stats.append({})
+        return scoring.loglikelihood(model, tokenizer, flat, args.max_length, budget, share_prefixes=share,
+                                     stats=rounds_stats[-1])
+
+    ours, ours_seconds, lm_eval_runs = time_rounds(args, ours_call, "loglikelihood", order, len(warm), batch_sizes,
+                                                   model, tokenizer)
     result["ours_s"], result["ours_s_rounds"] = min(ours_seconds), ours_seconds
+    result["ours_tokenize_s_rounds"] = [round(stats["tokenize_s"], 3) for stats in rounds_stats]
+    result["ours_passes"] = rounds_stats[0]["passes"]
     result["shared_prefixes"] = args.share_prefixes
     result["token_budget"] = dataclasses.asdict(budget)
     result["ours_questions_per_s"] = len(docs) / result["ours_s"]

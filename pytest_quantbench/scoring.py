@@ -18,11 +18,13 @@ Speed, without changing a number (beyond float rounding):
   holds for the model's shape (`default_budget`);
 - contexts that begin with the same long run of tokens (a subject's few-shot examples, the same for each of its
   questions) share it: the run goes through the model once, and each context's remaining tokens are scored from
-  its key/value cache, so k-shot costs little more than 0-shot.
+  its key/value cache, so k-shot costs little more than 0-shot; the runs of many subjects go through together, and
+  the rest of their contexts are batched across subjects, each row reading its own run's cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -244,36 +246,38 @@ def shared_prefixes(groups: list[Group], min_shared: int = MIN_SHARED) -> list[t
     return [(shared, members) for shared, members in clusters if len(members) > 1]
 
 
-def worth_sharing(length: int, contexts: int, budget: Budget) -> bool:
-    """Whether `contexts` that begin with the same `length` tokens cost less with that run computed once: it saves
-    the run in all but one of them, and costs a pass for the run and at least one more for what follows it."""
-    return (contexts - 1) * length > 2 * budget.pass_tokens
+def worth_sharing(clusters: list[tuple[int, list[int]]], budget: Budget) -> bool:
+    """Whether computing each cluster's shared run once (`shared_prefixes`) costs less than not: it saves the run in
+    all but one context of each cluster, and costs a pass for the runs and at least one more for what follows them
+    (the runs of many clusters share their passes)."""
+    return sum((len(members) - 1) * length for length, members in clusters) > 2 * budget.pass_tokens
 
 
-def _prefix_cache(model, tokens: list[int]):
-    """The key/value cache of a run of tokens that several contexts begin with."""
-    import torch
-
-    ids = torch.tensor([tokens], device=model.device)
-    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+def _prefix_caches(model, runs: list[list[int]], pad_id: int):
+    """The key/value cache of runs of tokens that several contexts each begin with, in one left-padded pass, and its
+    attention mask ([runs, width]: a run's padding masked)."""
+    ids, mask, positions = _left_padded(runs, pad_id, model.device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return getattr(out, "cache", None) or out.past_key_values, mask
 
 
 def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
                  budget: Budget = Budget()) -> dict[int, tuple[float, bool]]:
     """Score every continuation of `groups`: contexts in one left-padded pass, longer continuations after it.
-    `prefix` (length, cache): the contexts are what follows a shared run of that many tokens, held in `cache`."""
+    `prefix` (cache, mask, rows): each context follows the shared run in row `rows[i]` of `cache` (`_prefix_caches`)."""
     import torch
 
     device = model.device
     ids, mask, positions = _left_padded([g.context for g in groups], pad_id, device)
     longer = [(gi, ci) for gi, g in enumerate(groups) for ci, c in enumerate(g.continuations) if len(c) > 1]
     shared = {}
-    if prefix is not None:  # the shared run sits before each row's padding: masked pads between, positions after it
-        length, cache = prefix
-        mask = torch.cat([torch.ones((len(groups), length), dtype=mask.dtype, device=device), mask], dim=1)
-        positions = positions + length
-        shared = {_cache_argument(model): _select_cache(cache, torch.zeros(len(groups), dtype=torch.long,
-                                                                            device=device))}
+    if prefix is not None:  # a row's run sits before its padding: masked pads between, positions after the run
+        cache, run_mask, rows = prefix
+        owners = torch.tensor(rows, device=device)
+        before = run_mask[owners]
+        mask = torch.cat([before, mask], dim=1)
+        positions = positions + before.sum(-1, keepdim=True)
+        shared = {_cache_argument(model): _select_cache(cache, owners)}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=bool(longer), logits_to_keep=1,
                 **shared)
     first = out.logits[:, -1, :].float().log_softmax(-1)  # [groups, vocab]: scores each continuation's first token
@@ -336,33 +340,65 @@ def _select_cache(cache, rows):
 
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length: int | None = None,
                   token_budget: int | Budget | None = None, progress=None,
-                  share_prefixes: bool | None = None) -> list[tuple[float, bool]]:
+                  share_prefixes: bool | None = None, stats: dict | None = None) -> list[tuple[float, bool]]:
     """(log p(continuation | context), is_greedy) per request, in request order. `token_budget`: see budget_for.
     `share_prefixes`: long runs of tokens that contexts begin with go through the model once (True), never (False),
     or by default where that saves more tokens than its extra passes cost (`worth_sharing`): on the CPU nearly
-    always (3.5-4x faster on 5-shot MMLU, identical answers); on a GPU, whose passes cost more, few-shot prompts."""
+    always (3.5-4x faster on 5-shot MMLU, identical answers); on a GPU, whose passes cost more, where many contexts
+    share long runs (few-shot prompts). `stats`, a dict, gets where the call's time went: `tokenize_s`, the seconds
+    tokenizing took, and `passes`, the model's forward passes."""
+    import time
+
     import torch
 
     max_length = max_length or model_max_length(model)
     budget = budget_for(model, token_budget)
+    start = time.perf_counter()
     groups = group_requests(tokenizer, requests, max_length)
+    if stats is not None:
+        stats.update(tokenize_s=time.perf_counter() - start, passes=0)
     results: dict[int, tuple[float, bool]] = {}
     pad_id = pad_token_id(tokenizer)
-    clusters = [] if share_prefixes is False else [
-        (length, members) for length, members in shared_prefixes(groups)
-        if share_prefixes or worth_sharing(length, len(members), budget)]
+    clusters = [] if share_prefixes is False else shared_prefixes(groups)
+    if share_prefixes is None and not worth_sharing(clusters, budget):
+        clusters = []
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
-    with torch.inference_mode():
-        for length, members in [(0, alone), *clusters]:
-            prefix = (length, _prefix_cache(model, groups[members[0]].context[:length])) if length else None
-            rest = [Group(groups[i].context[length:], groups[i].continuations, groups[i].indices) for i in members]
-            rows = max(1, min(budget.rows, budget.shared // length)) if length else budget.rows
-            for batch in batches([len(g.context) for g in rest], budget.tokens, max_rows=rows,
-                                 pass_tokens=budget.pass_tokens):
-                results.update(_score_batch(model, [rest[i] for i in batch], pad_id, prefix, budget))
+    with torch.inference_mode(), _counting_passes(model, stats):
+        for batch in batches([len(groups[i].context) for i in alone], budget.tokens, budget.rows, budget.pass_tokens):
+            results.update(_score_batch(model, [groups[alone[i]] for i in batch], pad_id, budget=budget))
+            if progress is not None:
+                progress(sum(len(groups[alone[i]].indices) for i in batch))
+        # The shared runs of many clusters go through the model together, and the rest of their contexts are batched
+        # across clusters, each row reading its own run's cache: few passes however many subjects there are.
+        for runs in batches([length for length, _ in clusters], min(budget.tokens, budget.shared), budget.rows,
+                            budget.pass_tokens):
+            chosen = [clusters[c] for c in runs]
+            cache, run_mask = _prefix_caches(model, [groups[members[0]].context[:length] for length, members in chosen],
+                                             pad_id)
+            rest = [(Group(groups[i].context[length:], groups[i].continuations, groups[i].indices), row)
+                    for row, (length, members) in enumerate(chosen) for i in members]
+            rows = max(1, min(budget.rows, budget.shared // run_mask.shape[1]))
+            for batch in batches([len(group.context) for group, _ in rest], budget.tokens, rows, budget.pass_tokens):
+                part = [rest[i] for i in batch]
+                results.update(_score_batch(model, [group for group, _ in part], pad_id,
+                                            (cache, run_mask, [row for _, row in part]), budget))
                 if progress is not None:
-                    progress(sum(len(rest[i].indices) for i in batch))
+                    progress(sum(len(group.indices) for group, _ in part))
+            del cache
     return [results[i] for i in range(len(requests))]
+
+
+@contextlib.contextmanager
+def _counting_passes(model, stats: dict | None):
+    """Count the model's forward passes into `stats["passes"]` (nothing without stats)."""
+    if stats is None:
+        yield
+        return
+    hook = model.register_forward_pre_hook(lambda *_: stats.update(passes=stats["passes"] + 1))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def rolling_windows(n_tokens: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:

@@ -161,11 +161,23 @@ def test_contexts_that_begin_alike_share_that_run_and_score_the_same():
     assert model.calls[0][:2] == (1, 80) and sum(rows * width for rows, width, _ in model.calls[1:3]) < 20
 
 
+def test_runs_of_many_clusters_share_their_passes_and_score_the_same():
+    model, tok = BigramModel(), CharTokenizer()
+    subjects = ("ab x" * 20, "xa" * 35)  # two subjects' examples, 80 and 70 tokens
+    requests = [(shots + question, choice) for shots in subjects for question in ("ba", "xa b")
+                for choice in ("b", " a", "x")]
+    shared = scoring.loglikelihood(model, tok, requests, max_length=200, share_prefixes=True)
+    assert shared == scoring.loglikelihood(model, tok, requests, max_length=200, share_prefixes=False)
+    # both runs in one left-padded pass, then the four questions' rests in one pass across the two subjects
+    assert [call[:2] for call in model.calls[:2]] == [(2, 80), (4, 4)]
+
+
 def test_a_prefix_is_shared_by_default_only_where_it_saves_more_than_its_passes_cost():
     cpu, gpu = scoring.Budget(), scoring.Budget(pass_tokens=1024)
-    assert scoring.worth_sharing(80, 3, cpu) and not scoring.worth_sharing(80, 3, gpu)
-    assert scoring.worth_sharing(500, 9, gpu)  # a subject's 5-shot prompt, nine questions
-    assert not scoring.worth_sharing(5000, 1, cpu)
+    assert scoring.worth_sharing([(80, [0, 1, 2])], cpu) and not scoring.worth_sharing([(80, [0, 1, 2])], gpu)
+    assert scoring.worth_sharing([(500, list(range(9)))], gpu)  # a subject's 5-shot prompt, nine questions
+    assert scoring.worth_sharing([(80, [0, 1, 2])] * 20, gpu)  # twenty subjects' runs share their passes
+    assert not scoring.worth_sharing([(5000, [0])], cpu)
     model, tok = BigramModel(), CharTokenizer()
     requests = [("ab x" * 20 + question, choice) for question in ("ba", "xa b", "a") for choice in ("b", " a", "x")]
     scoring.loglikelihood(model, tok, requests, max_length=200, token_budget=gpu)

@@ -95,3 +95,27 @@ def test_few_shot_contexts_scored_from_their_shared_examples_equal_the_full_cont
     full = scoring.loglikelihood(model, tokenizer, requests, share_prefixes=False)
     assert max(abs(a[0] - b[0]) for a, b in zip(shared, full)) < 1e-4
     assert [a[1] for a in shared] == [b[1] for b in full]
+
+
+def test_few_shot_runs_of_several_subjects_scored_together_equal_the_full_contexts(smollm2):
+    """Three subjects' 5-shot examples, of different lengths, in one padded pass; their questions batched across
+    subjects, each row reading its own subject's cache; ARC's multi-token answers after a shared run too."""
+    from pytest_quantbench import scoring
+    from pytest_quantbench.tasks import get_task
+
+    model, tokenizer = smollm2
+    task = get_task("mmlu_5shot")
+    docs = task.load(DATA, "test")
+    shots = task.shots_for(docs, DATA)
+    requests = [r for doc in docs for r in task.requests(doc, shots(doc))]
+    arc = [r for doc in get_task("arc_easy").load(DATA, "test")[:2] for r in get_task("arc_easy").requests(doc, [])]
+    requests += [(prefix + context, choice) for prefix in ("The sky is blue because of how sunlight scatters. " * 8,
+                                                           "Plants turn light into sugar. " * 20)
+                 for context, choice in arc]
+    groups = scoring.group_requests(tokenizer, requests, scoring.model_max_length(model))
+    clusters = scoring.shared_prefixes(groups)
+    assert len(clusters) >= 3 and len({length for length, _ in clusters}) >= 3
+    shared = scoring.loglikelihood(model, tokenizer, requests, share_prefixes=True)
+    full = scoring.loglikelihood(model, tokenizer, requests, share_prefixes=False)
+    assert max(abs(a[0] - b[0]) for a, b in zip(shared, full)) < 1e-4
+    assert [a[1] for a in shared] == [b[1] for b in full]

@@ -363,11 +363,15 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
     if share_prefixes is None and not worth_sharing(clusters, budget):
         clusters = []
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
+
+    def score(part: list[Group], prefix=None) -> None:
+        results.update(_score_batch(model, part, pad_id, prefix, budget))
+        if progress is not None:
+            progress(sum(len(group.indices) for group in part))
+
     with torch.inference_mode(), _counting_passes(model, stats):
         for batch in batches([len(groups[i].context) for i in alone], budget.tokens, budget.rows, budget.pass_tokens):
-            results.update(_score_batch(model, [groups[alone[i]] for i in batch], pad_id, budget=budget))
-            if progress is not None:
-                progress(sum(len(groups[alone[i]].indices) for i in batch))
+            score([groups[alone[i]] for i in batch])
         # The shared runs of many clusters go through the model together, and the rest of their contexts are batched
         # across clusters, each row reading its own run's cache: few passes however many subjects there are.
         for runs in batches([length for length, _ in clusters], min(budget.tokens, budget.shared), budget.rows,
@@ -379,12 +383,8 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
                     for row, (length, members) in enumerate(chosen) for i in members]
             rows = max(1, min(budget.rows, budget.shared // run_mask.shape[1]))
             for batch in batches([len(group.context) for group, _ in rest], budget.tokens, rows, budget.pass_tokens):
-                part = [rest[i] for i in batch]
-                results.update(_score_batch(model, [group for group, _ in part], pad_id,
-                                            (cache, run_mask, [row for _, row in part]), budget))
-                if progress is not None:
-                    progress(sum(len(group.indices) for group, _ in part))
-            del cache
+                score([rest[i][0] for i in batch], (cache, run_mask, [rest[i][1] for i in batch]))
+            del cache  # freed before the next runs' cache is made, not after
     return [results[i] for i in range(len(requests))]
 
 

@@ -6,15 +6,23 @@ grouped-query model: 3584x512 at the 7B shape) cannot reach the memory bandwidth
 the concatenated weight reads it at the large one's speed. The fused weight is one tensor whose row blocks are the
 members' weights (views, no second copy), so eager mode, the prefill and the memory figures see the same layers and
 values as before. Only inside torch.compile's trace does the first member of a group run the fused matmul; the
-others take their slice of its output. QB_COMPILE_FUSE=0 turns it off.
+others take their slice of its output.
+
+A quantized layer cannot be concatenated after the fact, so `fuse_quantized` fuses before quantization: the group's
+weights are concatenated and quantized as one layer, and each member becomes a `FusedSlice` of its output, in eager
+mode as in the compiled step. Quantizers that work per output row (round-to-nearest groups along the input, per-channel
+scales) give the same codes either way. QB_COMPILE_FUSE=0 turns both off.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 # Sibling projections fused where all are plain nn.Linear layers of one module reading one input.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# A cross-attention's key/value projections read the encoder's states, not the query's input: never fused.
+CROSS_ATTENTION = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
 FUSE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 
 
@@ -72,18 +80,96 @@ class FusedLinear:
         self._input = self._output = None
 
 
+def sibling_groups(model) -> list[tuple[str, tuple[str, ...], list]]:
+    """(module name, member names, members) of each group of GROUPS that a module of `model` outside cross-attention
+    holds in full."""
+    out = []
+    for name, module in model.named_modules():
+        if set(name.split(".")) & set(CROSS_ATTENTION):
+            continue
+        for names in GROUPS:
+            members = [getattr(module, member, None) for member in names]
+            if all(member is not None for member in members):
+                out.append((name, names, members))
+    return out
+
+
 def fuse_projections(model) -> list[FusedLinear]:
     """Fuse every group of sibling projections in `model` whose members are plain, unhooked nn.Linear layers with
     ordinary weights of one dtype and device and one input size; the groups made."""
     import torch
 
-    fused = []
-    for module in model.modules():
-        for names in GROUPS:
-            members = [getattr(module, name, None) for name in names]
-            if _fusable(members, torch):
-                fused.append(FusedLinear(members, names))
-    return fused
+    return [FusedLinear(members, names) for _, names, members in sibling_groups(model) if _fusable(members, torch)]
+
+
+def fuse_quantized(model, names: list[str], quantize) -> tuple[list, list[str], str]:
+    """Quantize each fusable group of sibling projections whose members are all in `names` as one layer,
+    `quantize(linear)` of an nn.Linear holding their concatenated weights (and biases), and make each member a
+    FusedSlice of it. Returns the layers made, the names left to quantize one by one, and the groups' label."""
+    import torch
+
+    wanted, fused, groups = set(names), set(), []
+    for parent, group, members in sibling_groups(model):
+        paths = [f"{parent}.{member}" if parent else member for member in group]
+        if not wanted.issuperset(paths) or not _fusable(members, torch):
+            continue
+        linear = torch.nn.Linear(members[0].in_features, sum(m.out_features for m in members),
+                                 bias=members[0].bias is not None, device="meta")
+        with torch.no_grad():
+            linear.weight = torch.nn.Parameter(torch.cat([m.weight for m in members]), requires_grad=False)
+            if linear.bias is not None:
+                linear.bias = torch.nn.Parameter(torch.cat([m.bias for m in members]), requires_grad=False)
+        shared = SharedOutput(quantize(linear), group)
+        del linear
+        start, module = 0, model.get_submodule(parent)
+        for index, (member_name, member) in enumerate(zip(group, members)):
+            end = start + member.out_features
+            setattr(module, member_name, _slice_class()(shared, start, end, owner=index == 0))
+            start = end
+        fused.update(paths)
+        groups.append(shared)
+    return [shared.layer for shared in groups], [name for name in names if name not in fused], fused_label(groups)
+
+
+class SharedOutput:
+    """The output of a fused group's layer for its last input, until each member has taken its slice."""
+
+    def __init__(self, layer, names: tuple[str, ...]):
+        self.layer, self.names = layer, names
+        self.input = self.output = None
+        self.served = 0
+
+    def slice(self, x, start: int, end: int):
+        if self.input is not x:  # the first member called on this input runs the group's layer
+            self.input, self.output, self.served = x, self.layer(x), 0
+        out = self.output[..., start:end]
+        self.served += 1
+        if self.served == len(self.names):  # not kept past the step (nor made an output of a compiled graph)
+            self.input = self.output = None
+        return out
+
+
+@functools.cache
+def _slice_class():
+    import torch
+
+    class FusedSlice(torch.nn.Module):
+        """A fused group's member: its columns [start, end) of the group layer's output. The first member holds the
+        layer as its child, so that the model's modules, its memory and kernels.py see it once."""
+
+        def __init__(self, shared: SharedOutput, start: int, end: int, owner: bool):
+            super().__init__()
+            self.shared, self.start, self.end = shared, start, end
+            if owner:
+                self.fused = shared.layer
+
+        def forward(self, x):
+            return self.shared.slice(x, self.start, self.end)
+
+        def extra_repr(self) -> str:
+            return f"columns {self.start}:{self.end} of a fused layer"
+
+    return FusedSlice
 
 
 def _fusable(members: list, torch) -> bool:
@@ -100,7 +186,7 @@ def _fusable(members: list, torch) -> bool:
             and "forward" not in vars(members[0]))  # not fused already
 
 
-def fused_label(fused: list[FusedLinear]) -> str:
+def fused_label(fused: list) -> str:
     """'q_proj+k_proj+v_proj ×28, gate_proj+up_proj ×28', or '' when nothing was fused."""
     from collections import Counter
 

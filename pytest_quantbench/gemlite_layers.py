@@ -10,6 +10,10 @@ the output head, the family's high-precision modules and transformers' `_keep_in
   gemlite8      8-bit, symmetric per output channel: gemlite's own quantizer, `A16W8_INT8.from_linear`
 gemlite picks the kernel from the batch (rows of the input): GEMV at 1 to 4 rows (4-bit; 1 to 2 at 8-bit), split-K
 GEMM below 64, GEMM beyond. Its forward is a registered custom op, so torch.compile takes it into one graph.
+A layer's q/k/v projections are quantized as one gemlite layer, and its gate/up projections as another
+(fusion.fuse_quantized): at one row a small matmul cannot read its weight at the bandwidth a large one does. Both
+quantizers work per output row, so the codes are those of the layers quantized apart; with +hqq, HQQ's optimizer
+runs over the fused weight. QB_COMPILE_FUSE=0 quantizes every layer apart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ModelLoadError
+from .fusion import compile_fuse, fuse_quantized
 
 DTYPES = ("fp16", "bf16")
 GROUP_SIZE = 128
@@ -129,8 +134,10 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
     names = targets(model, model_family(model.config))
     check_widths(model, names, group if bits == 4 else MIN_WIDTH)
     start = time.perf_counter()
-    layers = []
-    for name in names:
+    layers, apart, fused = [], names, ""
+    if compile_fuse():
+        layers, apart, fused = fuse_quantized(model, names, lambda linear: _layer(linear, bits, group, dtype, use_hqq))
+    for name in apart:
         parent, _, child = name.rpartition(".")
         layer = _layer(model.get_submodule(name), bits, group, dtype, use_hqq)
         setattr(model.get_submodule(parent), child, layer)
@@ -150,7 +157,8 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
     quantizer = ("gemlite (symmetric, per channel)" if bits == 8 else
                  "hqq (half-quadratic, asymmetric)" if use_hqq else "round-to-nearest (min-max, asymmetric)")
     return {"kernel": f"GemLiteLinearTriton ({processor})", "quantizer": quantizer, "bits": bits,
-            "group_size": group if bits == 4 else "per-channel", "layers_replaced": len(layers),
+            "group_size": group if bits == 4 else "per-channel", "layers_replaced": len(names),
+            "gemlite_layers": len(layers), "fused": fused,
             "activation_dtype": dtype_name, "gemlite": version("gemlite"), "quantize_s": round(quantize_s, 2),
             "autotune_s": round(time.perf_counter() - start, 2)}
 

@@ -17,7 +17,7 @@ import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 from pytest_quantbench.cli import main
 from pytest_quantbench.compiled import tune_kernels
 from pytest_quantbench.decoding import parse_decoding
-from pytest_quantbench.kernels import Step, kernel_counts, linear_kernel, linear_modules
+from pytest_quantbench.kernels import Step, decode_step, kernel_counts, linear_kernel, linear_modules
 from pytest_quantbench.models import load_model, resolve_model
 from pytest_quantbench.precisions import parse_precision
 from pytest_quantbench.report import records_frame
@@ -185,7 +185,6 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
     decode attention over the static cache (one query per row, 256 positions) and is computed once per session."""
     from pytest_quantbench import compiled
     from pytest_quantbench.bound import measured_bound
-    from pytest_quantbench.kernels import decode_step
     from pytest_quantbench.measure import measure_generation
 
     handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
@@ -246,7 +245,6 @@ def test_compiled_step_runs_sibling_projections_as_one_matmul(tiny_synthetic, mo
 
     from pytest_quantbench import compiled
     from pytest_quantbench.bound import measured_bound
-    from pytest_quantbench.kernels import decode_step
     from pytest_quantbench.measure import measure_generation
 
     greedy = parse_decoding("greedy")
@@ -289,3 +287,73 @@ def test_compiled_step_runs_sibling_projections_as_one_matmul(tiny_synthetic, mo
     decoder = compiled.decoder_for(quantized)
     decoder.generate(quantized.encode(["abc"])["input_ids"], greedy, 3)
     assert not decoder.fused
+
+
+def _round_to_nearest(linear):
+    """gemlite4's quantizer on the CPU: the layer with its weight replaced by its 4-bit groups' values."""
+    import torch
+
+    from pytest_quantbench.gemlite_layers import dequantize_groups, quantize_groups
+
+    out = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(dequantize_groups(*quantize_groups(linear.weight, 4, 32)))
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias)
+    return out
+
+
+def test_quantized_sibling_projections_are_quantized_as_one_layer(tiny_synthetic):
+    """fuse_quantized quantizes each layer's q/k/v and gate/up as one layer (as gemlite does on CUDA) and makes the
+    members slices of its output: per-row quantization gives the logits of the layers quantized apart, the eager and
+    compiled steps give the same tokens, each step runs 4 matmuls a layer, the memory is that of the separate layers,
+    and no output is held after a forward pass."""
+    import torch
+
+    from pytest_quantbench import compiled
+    from pytest_quantbench.fusion import fuse_quantized
+    from pytest_quantbench.gemlite_layers import targets
+
+    greedy = parse_decoding("greedy")
+    apart = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    names = targets(apart.model, apart.family)
+    assert len(names) == 14
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(apart.model.get_submodule(parent), child, _round_to_nearest(apart.model.get_submodule(name)))
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    calls = []
+    layers, rest, label = fuse_quantized(handle.model, names, lambda linear: calls.append(linear.weight.shape)
+                                         or _round_to_nearest(linear))
+    assert calls == [(128, 64), (256, 64)] * 2 and len(layers) == 4  # q 64 + k 32 + v 32 rows; gate 128 + up 128
+    assert rest == [name for name in names if name.endswith(("o_proj", "down_proj"))]
+    assert label == "q_proj+k_proj+v_proj ×2, gate_proj+up_proj ×2"
+    for name in rest:
+        parent, _, child = name.rpartition(".")
+        setattr(handle.model.get_submodule(parent), child, _round_to_nearest(handle.model.get_submodule(name)))
+
+    inputs = handle.encode(["abc def"])
+    with torch.inference_mode():
+        assert torch.allclose(handle.model(**inputs).logits, apart.model(**inputs).logits, atol=1e-5)
+    shared = {module.shared for module in handle.model.modules() if hasattr(module, "shared")}
+    assert {s.layer for s in shared} == set(layers) and all(s.output is None for s in shared)
+    assert sum(p.numel() for p in handle.model.parameters()) == sum(p.numel() for p in apart.model.parameters())
+    eager = handle.generate_ids(inputs, greedy, 6, exact_length=True).tolist()
+    assert eager == apart.generate_ids(inputs, greedy, 6, exact_length=True).tolist()
+    assert kernel_counts(handle.model, decode_step(handle, greedy, 1, "eager")) == {"aten (CPU)": 9}
+    decoder = compiled.decoder_for(handle)
+    assert decoder.generate(inputs["input_ids"], greedy, 6).tolist() == eager and not decoder.fused
+    assert _step_matmuls(decoder, inputs["input_ids"], greedy) == 9
+
+
+def test_a_cross_attention_is_not_fused():
+    """Its key/value projections read the encoder's states, not the query's input."""
+    import torch
+
+    from pytest_quantbench.fusion import sibling_groups
+
+    def attention():
+        return torch.nn.ModuleDict({name: torch.nn.Linear(8, 8) for name in ("q_proj", "k_proj", "v_proj")})
+
+    layer = torch.nn.ModuleDict({"self_attn": attention(), "encoder_attn": attention()})
+    assert [(name, names) for name, names, _ in sibling_groups(layer)] == [("self_attn", ("q_proj", "k_proj", "v_proj"))]

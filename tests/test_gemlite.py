@@ -118,3 +118,35 @@ def test_group_quantization_error_is_half_a_step():
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and tuple(scale.shape) == (8, 4)
     error = (dequantize_groups(codes, scale, zero) - weight).abs().reshape(8, 4, 64)
     assert (error <= scale[..., None] / 2 + 1e-6).all()
+
+
+CUDA_GEMLITE = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("gemlite") is None,
+                                  reason="gemlite's kernels need a CUDA GPU and the gemlite package")
+
+
+@CUDA_GEMLITE
+@pytest.mark.parametrize("name", ["gemlite4", "gemlite8"])
+def test_fused_projections_decode_as_the_layers_quantized_apart(name, tmp_path, monkeypatch):
+    """On CUDA: q/k/v and gate/up become one gemlite layer each (4 a block, not 7), whose logits are those of the
+    layers quantized apart (QB_COMPILE_FUSE=0), and the compiled step decodes eager's tokens."""
+    from pytest_quantbench import compiled
+    from pytest_quantbench.decoding import parse_decoding
+    from pytest_quantbench.models import load_model, resolve_model
+
+    monkeypatch.setenv("QB_CACHE_DIR", str(tmp_path))
+    source = resolve_model("synthetic:qwen2.5-7b:num_hidden_layers=2,hidden_size=512,intermediate_size=1024,"
+                           "num_attention_heads=8,num_key_value_heads=2,vocab_size=512")
+    fused = load_model(source, parse_precision(name), "cuda")
+    assert fused.extra["fused"] == "q_proj+k_proj+v_proj ×2, gate_proj+up_proj ×2"
+    assert (fused.extra["layers_replaced"], fused.extra["gemlite_layers"]) == (14, 8)
+    monkeypatch.setenv("QB_COMPILE_FUSE", "0")
+    apart = load_model(source, parse_precision(name), "cuda")
+    assert (apart.extra["fused"], apart.extra["gemlite_layers"]) == ("", 14)
+    inputs = fused.encode(["abc def ghi"])
+    with torch.inference_mode():
+        logits, apart_logits = fused.model(**inputs).logits.float(), apart.model(**inputs).logits.float()
+    assert (logits - apart_logits).abs().max() <= 1e-2 * apart_logits.abs().max()
+    monkeypatch.delenv("QB_COMPILE_FUSE")
+    greedy = parse_decoding("greedy")
+    eager = fused.generate_ids(inputs, greedy, 8, exact_length=True).tolist()
+    assert compiled.decoder_for(fused).generate(inputs["input_ids"], greedy, 8).tolist() == eager

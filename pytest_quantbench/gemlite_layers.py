@@ -28,6 +28,11 @@ from .errors import ModelLoadError
 from .fusion import compile_fuse, fuse_quantized
 
 DTYPES = ("fp16", "bf16")
+# gemlite's Triton autotuning, timed under CUDA graphs (as the compiled step replays them): every configuration of the
+# 4-bit batch-1 kernel (gemlite's "max", ~20 s a shape), its short list for the others (the 8-bit GEMV's "max" is
+# some 450 configurations a shape). The choices are saved in the cache directory per GPU and gemlite version, so that
+# later loads (and reruns a gate compares) run the same kernel configurations.
+AUTOTUNE = {"GEMV_REVSPLITK": "max", "GEMV_SPLITK": "fast", "GEMV": "fast", "GEMM_SPLITK": "fast", "GEMM": "fast"}
 GROUP_SIZE = 128
 MIN_WIDTH = 32  # gemlite takes input widths that are multiples of 32 (and of the group size)
 
@@ -122,10 +127,23 @@ def _layer(linear, bits: int, group: int, dtype, use_hqq: bool):
     return A16W4_HQQ_INT(device=device, dtype=dtype).from_weights(codes, scale.to(dtype), zero.to(dtype), bias=bias)
 
 
+def tuned_configs_path():
+    """Where the autotuned kernel configurations of this GPU and gemlite version are kept."""
+    from importlib.metadata import version
+
+    import torch
+
+    from .cache import cache_root
+
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower()
+    return cache_root() / "gemlite" / f"{gpu}-gemlite-{version('gemlite')}.json"
+
+
 def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool = False) -> dict:
     """Swap the layers `targets` names for gemlite ones in place; what ran, for the record's `quantization`."""
     from importlib.metadata import version
 
+    import gemlite
     import torch
 
     from .families import model_family
@@ -133,6 +151,9 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
     dtype = torch_activation_dtype(dtype_name)
     names = targets(model, model_family(model.config))
     check_widths(model, names, group if bits == 4 else MIN_WIDTH)
+    gemlite.set_autotune(dict(AUTOTUNE), use_cuda_graph=True)
+    configs = tuned_configs_path()
+    loaded = configs.exists() and gemlite.load_config(str(configs), print_error=False)
     start = time.perf_counter()
     layers, apart, fused = [], names, ""
     if compile_fuse():
@@ -153,6 +174,12 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
         for layer in layers:
             layer(torch.zeros(1, layer.in_features, dtype=dtype, device=layer.W_q.device))
     torch.cuda.synchronize()
+    try:
+        configs.parent.mkdir(parents=True, exist_ok=True)
+        gemlite.cache_config(str(configs))
+        saved = f"saved to {configs}"
+    except OSError as error:  # a read-only cache: the next load tunes again
+        saved = f"not saved ({error.strerror})"
     processor = "A16W8_INT8" if bits == 8 else "A16W4_HQQ_INT"
     quantizer = ("gemlite (symmetric, per channel)" if bits == 8 else
                  "hqq (half-quadratic, asymmetric)" if use_hqq else "round-to-nearest (min-max, asymmetric)")
@@ -160,7 +187,9 @@ def replace_linears(model, bits: int, group: int, dtype_name: str, use_hqq: bool
             "group_size": group if bits == 4 else "per-channel", "layers_replaced": len(names),
             "gemlite_layers": len(layers), "fused": fused,
             "activation_dtype": dtype_name, "gemlite": version("gemlite"), "quantize_s": round(quantize_s, 2),
-            "autotune_s": round(time.perf_counter() - start, 2)}
+            "autotune_s": round(time.perf_counter() - start, 2),
+            "autotune": ", ".join(f"{kernel} {mode}" for kernel, mode in AUTOTUNE.items()) + " (CUDA graphs)",
+            "tuned_configs": f"loaded from {configs}" if loaded else saved}
 
 
 def _check(precision, device: str) -> str | None:

@@ -22,7 +22,7 @@ import os
 # Sibling projections fused where all are plain nn.Linear layers of one module reading one input.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # A cross-attention's key/value projections read the encoder's states, not the query's input: never fused.
-CROSS_ATTENTION = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
+CROSS_ATTENTION = frozenset(("encoder_attn", "EncDecAttention", "crossattention", "cross_attn"))
 FUSE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 
 
@@ -85,7 +85,7 @@ def sibling_groups(model) -> list[tuple[str, tuple[str, ...], list]]:
     holds in full."""
     out = []
     for name, module in model.named_modules():
-        if set(name.split(".")) & set(CROSS_ATTENTION):
+        if CROSS_ATTENTION.intersection(name.split(".")):
             continue
         for names in GROUPS:
             members = [getattr(module, member, None) for member in names]

@@ -303,6 +303,12 @@ def _round_to_nearest(linear):
     return out
 
 
+def _quantize_apart(model, names):
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, _round_to_nearest(model.get_submodule(name)))
+
+
 def test_quantized_sibling_projections_are_quantized_as_one_layer(tiny_synthetic):
     """fuse_quantized quantizes each layer's q/k/v and gate/up as one layer (as gemlite does on CUDA) and makes the
     members slices of its output: per-row quantization gives the logits of the layers quantized apart, the eager and
@@ -318,9 +324,7 @@ def test_quantized_sibling_projections_are_quantized_as_one_layer(tiny_synthetic
     apart = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
     names = targets(apart.model, apart.family)
     assert len(names) == 14
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(apart.model.get_submodule(parent), child, _round_to_nearest(apart.model.get_submodule(name)))
+    _quantize_apart(apart.model, names)
     handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
     calls = []
     layers, rest, label = fuse_quantized(handle.model, names, lambda linear: calls.append(linear.weight.shape)
@@ -328,9 +332,7 @@ def test_quantized_sibling_projections_are_quantized_as_one_layer(tiny_synthetic
     assert calls == [(128, 64), (256, 64)] * 2 and len(layers) == 4  # q 64 + k 32 + v 32 rows; gate 128 + up 128
     assert rest == [name for name in names if name.endswith(("o_proj", "down_proj"))]
     assert label == "q_proj+k_proj+v_proj ×2, gate_proj+up_proj ×2"
-    for name in rest:
-        parent, _, child = name.rpartition(".")
-        setattr(handle.model.get_submodule(parent), child, _round_to_nearest(handle.model.get_submodule(name)))
+    _quantize_apart(handle.model, rest)
 
     inputs = handle.encode(["abc def"])
     with torch.inference_mode():

@@ -88,14 +88,14 @@ def attention_shape(model) -> tuple[int, int, int, int] | None:
     return layers, heads, kv_heads, head_dim
 
 
-def _attention_call(shape, rows: int, length: int, static: bool, grouped: bool, dtype, device):
-    """One query per row over `length` keys, every layer with its own cache: over a static cache with its mask
-    (compiled mode; with its grouped attention where the step used it), or with transformers' SDPA over a cache
-    holding exactly the context (eager generate)."""
+def _attention_call(shape, rows: int, length: int, static: bool, attention: str | None, dtype, device):
+    """One query per row over `length` keys, every layer with its own cache: over a static cache with its mask and
+    the decode attention the compiled step ran (`attention`, as recorded; compiled here too, where it is Inductor's),
+    or with transformers' SDPA over a cache holding exactly the context (eager generate)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from .compiled import grouped_decode_attention
+    from .compiled import ATTENTION_RECORDED, DECODE_FUNCTIONS
 
     layers, heads, kv_heads, head_dim = shape
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
@@ -103,12 +103,22 @@ def _attention_call(shape, rows: int, length: int, static: bool, grouped: bool, 
     caches = [(torch.randn(rows, kv_heads, length, head_dim, dtype=dtype, device=device),
                torch.randn(rows, kv_heads, length, head_dim, dtype=dtype, device=device)) for _ in range(layers)]
     mask = torch.ones(rows, 1, 1, length, dtype=torch.bool, device=device) if static else None
-    attend = grouped_decode_attention if grouped else sdpa_attention_forward
     scale = head_dim ** -0.5
-    return lambda: [attend(module, query, key, value, mask, scaling=scale) for key, value in caches]
+    setting = {recorded: setting for setting, recorded in ATTENTION_RECORDED.items()}.get(attention)
+    if not static or setting is None:
+        return lambda: [sdpa_attention_forward(module, query, key, value, mask, scaling=scale)
+                        for key, value in caches]
+    function = DECODE_FUNCTIONS[setting]
+
+    def attend(key, value):
+        return function(module, query, key, value, mask, scaling=scale)[0]
+
+    if setting != "grouped":  # Inductor's kernels, as in the step
+        attend = torch.compile(attend, dynamic=False, fullgraph=True)
+    return lambda: [attend(key, value) for key, value in caches]
 
 
-def decode_bound(model, step: Step, kv_length: int, static: bool, grouped: bool, skipped=(),
+def decode_bound(model, step: Step, kv_length: int, static: bool, attention: str | None, skipped=(),
                  cross_length: int = 0) -> tuple[dict, list[dict]]:
     """The bound's metrics for one decode step of `step.rows` sequences at `kv_length` keys (and, for an
     encoder-decoder, cross-attention over `cross_length` encoder tokens), and its time per kind of linear layer."""
@@ -130,7 +140,7 @@ def decode_bound(model, step: Step, kv_length: int, static: bool, grouped: bool,
         attention_ms = 0.0
         for length in (kv_length, cross_length):
             if shape and length:
-                ms, how = time_ms(_attention_call(shape, step.rows, length, static, grouped, dtype, device), cuda)
+                ms, how = time_ms(_attention_call(shape, step.rows, length, static, attention, dtype, device), cuda)
                 attention_ms += ms
                 timings.add(how)
         parts["bound_attention_ms"] = attention_ms
@@ -157,12 +167,12 @@ def measured_bound(handle, step: Step, metrics: dict, mode: str, cache: dict) ->
     cross = prompt if handle.family == "encoder-decoder" else 0
     decoder = handle.compiled if mode == "compiled" else None
     if decoder is not None:  # the static cache, whose every position attention reads
-        kv_length, static, grouped = cache_length(prompt + new), True, decoder.attention == "grouped_sdpa"
+        kv_length, static, attention = cache_length(prompt + new), True, decoder.attention
     else:  # generate's cache grows by one a step: its mean over the decode steps
-        kv_length, static, grouped = (1 if cross else prompt) + new // 2, False, False
-    key = (handle.spec.name, handle.precision.name, step, kv_length, static, grouped, cross)
+        kv_length, static, attention = (1 if cross else prompt) + new // 2, False, None
+    key = (handle.spec.name, handle.precision.name, step, kv_length, static, attention, cross)
     if key not in cache:
-        cache[key] = decode_bound(model, step, kv_length, static, grouped,
+        cache[key] = decode_bound(model, step, kv_length, static, attention,
                                   decode_idle_modules(model, handle.family), cross)
     bound, layers = cache[key]
     bound = dict(bound)

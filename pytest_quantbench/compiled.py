@@ -27,10 +27,15 @@ MODES = ("eager", "compiled")
 # int8/fp8 weights). It also rewrites every one-row matmul into a reduction of Inductor's own, which on plain weights
 # is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-auto-tuning): so "auto" tunes only the former.
 TUNING_SETTINGS = {"auto": None, "1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
-# The attention of a compiled decode step, when the model uses SDPA and groups query heads (GQA): "grouped" attends
-# with each key/value head's query heads as its query rows, "sdpa" is transformers' own (see grouped_decode_attention).
+# The attention of a compiled decode step, when the model uses SDPA (QB_DECODE_ATTENTION; the record's
+# `compile_attention` says which ran): "flex" is torch's flex_attention, whose decoding kernel splits the key length
+# over the GPU (flex_decode_attention); "math" is matmul, masked softmax, matmul, left to Inductor to fuse;
+# "grouped" is SDPA with each key/value head's query heads as its query rows (grouped_decode_attention); "sdpa" is
+# transformers' own.
 DECODE_ATTENTION = "grouped"
-GROUPED_ATTENTION = "quantbench_grouped_sdpa"
+DECODE_ATTENTIONS = {"flex": "quantbench_flex_decode", "math": "quantbench_math_decode",
+                     "grouped": "quantbench_grouped_sdpa", "sdpa": "sdpa"}
+ATTENTION_RECORDED = {"flex": "flex", "math": "math", "grouped": "grouped_sdpa"}
 
 
 def compile_tuning() -> str:
@@ -211,26 +216,85 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling=
     return out.reshape(batch, 1, heads, dim), None
 
 
-def _register_grouped_attention() -> None:
+def _one_query(query, kwargs: dict) -> bool:
+    """A decode step's attention that the decode kernels here cover: one query token, no softcap or position bias."""
+    return query.shape[2] == 1 and kwargs.get("softcap") is None and kwargs.get("position_bias") is None
+
+
+def flex_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """torch's flex_attention for one query token, under torch.compile: Inductor's decoding kernel splits the cache's
+    key length over the GPU's multiprocessors, where SDPA's kernels give each (row, head) one block that walks all
+    the keys. The static cache's mask is read in the score function. Outside torch.compile (flex_attention would
+    run unfused) and for other shapes: grouped_decode_attention."""
+    import torch
+
+    if not torch.compiler.is_compiling() or not _one_query(query, kwargs):
+        return grouped_decode_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    score_mod = None
+    if attention_mask is not None:
+        keep = attention_mask[:, 0, 0, : key.shape[-2]]  # (batch, keys)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.where(keep[b, kv_idx], score, -float("inf"))
+
+    out = flex_attention(query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2), None
+
+
+def math_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for one query token written out (matmul, masked softmax in float32, matmul), each key/value head's
+    query heads as its query rows, for Inductor to fuse; other shapes: grouped_decode_attention."""
+    import torch
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if not _one_query(query, kwargs):
+        return grouped_decode_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    batch, heads, _, dim = query.shape
+    scale = dim ** -0.5 if scaling is None else scaling
+    scores = (query.reshape(batch, heads // groups, groups, dim) @ key.transpose(-1, -2)).float() * scale
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[-2]], float("-inf"))
+    out = scores.softmax(-1).to(value.dtype) @ value
+    return out.reshape(batch, 1, heads, dim), None
+
+
+DECODE_FUNCTIONS = {"flex": flex_decode_attention, "math": math_decode_attention,
+                    "grouped": grouped_decode_attention}
+
+
+def decode_attention() -> str:
+    """QB_DECODE_ATTENTION (default DECODE_ATTENTION), checked: ValueError naming the accepted values."""
+    setting = os.environ.get("QB_DECODE_ATTENTION", "").strip().lower() or DECODE_ATTENTION
+    if setting not in DECODE_ATTENTIONS:
+        raise ValueError(f"QB_DECODE_ATTENTION={setting!r} is not a decode attention: give one of "
+                         f"{', '.join(DECODE_ATTENTIONS)}")
+    return setting
+
+
+def _register(setting: str) -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(GROUPED_ATTENTION, grouped_decode_attention)
-    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)  # the same boolean masks as SDPA
+    name = DECODE_ATTENTIONS[setting]
+    AttentionInterface.register(name, DECODE_FUNCTIONS[setting])
+    AttentionMaskInterface.register(name, sdpa_mask)  # the same boolean masks as SDPA
+    return name
 
 
 @contextmanager
 def _decode_attention(model):
-    """The grouped decode attention for the length of a compiled generation, where the model uses SDPA (a model
-    loaded with eager or flash attention keeps it); eager mode never sees it."""
+    """The decode attention for the length of a compiled generation, where the model uses SDPA (a model loaded with
+    eager or flash attention keeps it); eager mode never sees it. Yields the record's name for what ran."""
     config = model.config
-    if DECODE_ATTENTION != "grouped" or getattr(config, "_attn_implementation", None) != "sdpa":
+    setting = decode_attention()
+    if setting == "sdpa" or getattr(config, "_attn_implementation", None) != "sdpa":
         yield getattr(config, "_attn_implementation", None)
         return
-    _register_grouped_attention()
-    config._attn_implementation = GROUPED_ATTENTION
+    config._attn_implementation = _register(setting)
     try:
-        yield "grouped_sdpa"
+        yield ATTENTION_RECORDED[setting]
     finally:
         config._attn_implementation = "sdpa"
 

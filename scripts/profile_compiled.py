@@ -8,8 +8,8 @@ steps'. Writes DIR/profile-<model>-<precision>-<mode>.json and .md: the time per
 outside the profiler, and under it), the share of the profiled step the GPU spent running kernels, bytes read per
 step and the bandwidth that implies (MBU against the measured copy bandwidth), and the kernels grouped as matmul,
 attention and other, each with its time per token; matmul kernels also with the bandwidth they reach if they read
-all the weights. `--attention sdpa` profiles the compiled step with transformers' own SDPA attention (file suffix
--sdpa), for comparison with the plugin's grouped decode attention.
+all the weights. `--attention` picks the compiled step's decode attention (compiled.DECODE_ATTENTIONS: flex, math,
+grouped, or transformers' own sdpa); one other than the plugin's default adds its name to the file names.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 MATMUL = re.compile(r"gemv|gemm|cutlass|xmma|nvjet|matmul|_mm_|mm_kernel|splitk|cublas|int8_mm|int4|fp8_mm", re.IGNORECASE)
-ATTENTION = re.compile(r"flash|fmha|attention|sdpa|softmax", re.IGNORECASE)
+ATTENTION = re.compile(r"flash|fmha|attention|sdpa|softmax|flex", re.IGNORECASE)
 
 
 def category(kernel: str) -> str:
@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-tuning", action="store_true", help="compile without coordinate-descent kernel tuning")
-    parser.add_argument("--attention", default="grouped", choices=["grouped", "sdpa"],
-                        help="compiled decode attention: grouped query heads (the plugin's) or transformers' SDPA")
+    parser.add_argument("--attention", choices=["flex", "math", "grouped", "sdpa"],
+                        help="compiled decode attention (default: the plugin's)")
     args = parser.parse_args()
 
     import torch
@@ -48,6 +48,8 @@ def main() -> None:
     import pytest_quantbench.compiled
 
     pytest_quantbench.compiled.TUNE_KERNELS = not args.no_tuning
+    default_attention = pytest_quantbench.compiled.DECODE_ATTENTION
+    args.attention = args.attention or default_attention
     pytest_quantbench.compiled.DECODE_ATTENTION = args.attention
     from pytest_quantbench.decoding import parse_decoding
     from pytest_quantbench.measure import copy_bandwidth_gbps, decode_bytes_per_step, timed_generation
@@ -116,7 +118,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"profile-{spec.name}-{precision.name}-{args.mode}" + ("-untuned" if args.no_tuning else "")
-    stem += "-sdpa" if args.attention == "sdpa" and args.mode == "compiled" else ""
+    stem += f"-{args.attention}" if args.attention != default_attention and args.mode == "compiled" else ""
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# {spec.name} {precision.name} {args.mode}: where a decode step goes", "",
              f"{result['device']}, torch {result['torch']}, prompt {prompt_tokens} tokens, {args.new_tokens} new.", "",

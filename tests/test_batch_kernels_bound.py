@@ -205,7 +205,7 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
 
     shapes = []
     grouped = compiled.grouped_decode_attention
-    monkeypatch.setattr(compiled, "grouped_decode_attention", lambda module, query, key, *args, **kwargs: (
+    monkeypatch.setitem(compiled.DECODE_FUNCTIONS, "grouped", lambda module, query, key, *args, **kwargs: (
         shapes.append((tuple(query.shape), tuple(key.shape))) or grouped(module, query, key, *args, **kwargs)))
     step = decode_step(handle, greedy, metrics["sequences"], "compiled")
     assert step == Step(cuda=False, compiled=True, tuned=handle.compiled.tuned, rows=2,
@@ -234,6 +234,42 @@ def _step_matmuls(decoder, ids, greedy) -> int:
     with profile() as one_step:
         decoder.generate(ids, greedy, 2)
     return count(one_step) - count(prefill_only)
+
+
+@pytest.mark.parametrize("attention", ["flex", "math"])
+def test_each_decode_attention_decodes_eager_tokens_and_is_what_the_bound_times(tiny_synthetic, monkeypatch,
+                                                                                attention):
+    """QB_DECODE_ATTENTION=flex or math: the compiled step attends with it (recorded), decodes eager's greedy tokens
+    for two rows (one left-padded, so the mask matters), and the bound times that same attention."""
+    from pytest_quantbench import compiled
+    from pytest_quantbench.bound import measured_bound
+    from pytest_quantbench.measure import measure_generation
+
+    monkeypatch.setenv("QB_DECODE_ATTENTION", attention)
+    handle = load_model(tiny_synthetic, parse_precision("fp32"), "cpu")
+    greedy = parse_decoding("greedy")
+    inputs = handle.encode(["abc", "a longer prompt than the first"])
+    eager = handle.generate_ids(inputs, greedy, 6, exact_length=True)
+    assert compiled.decoder_for(handle).generate(inputs["input_ids"], greedy, 6).tolist() == eager.tolist()
+    metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled", batch_size=2)
+    assert metrics["compile_attention"] == attention
+
+    calls = []
+    function = compiled.DECODE_FUNCTIONS[attention]
+    monkeypatch.setitem(compiled.DECODE_FUNCTIONS, attention, lambda module, query, *args, **kwargs: (
+        calls.append(tuple(query.shape)) or function(module, query, *args, **kwargs)))
+    step = decode_step(handle, greedy, metrics["sequences"], "compiled")
+    bound, _ = measured_bound(handle, step, metrics, "compiled", {})
+    assert calls and set(calls) == {(2, 4, 1, 16)} and bound["bound_attention_ms"] > 0
+
+
+def test_a_mistyped_decode_attention_is_refused_before_any_work(monkeypatch):
+    from pytest_quantbench.settings import check_modes
+
+    monkeypatch.setenv("QB_DECODE_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="QB_DECODE_ATTENTION='flash'.*flex, math, grouped, sdpa"):
+        check_modes(["compiled"])
+    assert check_modes(["eager"]) == ["eager"]
 
 
 def test_compiled_step_runs_sibling_projections_as_one_matmul(tiny_synthetic, monkeypatch):

@@ -191,7 +191,7 @@ def test_grouped_decode_attention_gives_sdpa_logits(tiny_synthetic, monkeypatch)
     ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
     queries = []
     grouped = compiled.grouped_decode_attention
-    monkeypatch.setattr(compiled, "grouped_decode_attention",
+    monkeypatch.setitem(compiled.DECODE_FUNCTIONS, "grouped",
                         lambda module, query, *args, **kwargs: queries.append(query.shape) or grouped(
                             module, query, *args, **kwargs))
 

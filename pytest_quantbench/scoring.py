@@ -321,6 +321,89 @@ def _score_batch(model, groups: list[Group], pad_id: int, prefix=None,
     return results
 
 
+def packs(model) -> bool:
+    """Whether a context and its longer continuations can go through `model` as one packed row (`_score_packed`):
+    its attention takes a custom boolean mask (SDPA), and no sliding window could cut it."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None) if getattr(text, "use_sliding_window", True) else None
+    return getattr(config, "_attn_implementation", None) == "sdpa" and not window
+
+
+def packed_length(group: Group) -> int:
+    """A packed row's tokens: the context, then every continuation but its last token."""
+    return len(group.context) + sum(len(c) - 1 for c in group.continuations)
+
+
+def _packed_rows(groups: list[Group], pad_id: int, device):
+    """Left-padded packed rows: each context followed by its continuations' inputs, side by side. Positions restart
+    after the context for every continuation, and the mask lets a continuation's tokens see the context and their
+    own earlier tokens only (a padding position sees itself, so no row of the mask is empty). Returns ids,
+    positions, the [rows, 1, width, width] mask, and per row its tail: the positions that predict a token (the
+    context's last, then every continuation input)."""
+    import torch
+
+    width = max(packed_length(g) for g in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(groups), width), dtype=torch.long)
+    segment = torch.full((len(groups), width), -1, dtype=torch.long)  # -1 padding, 0 context, j + 1 continuation j
+    for row, group in enumerate(groups):
+        start = width - packed_length(group)
+        end = start + len(group.context)
+        ids[row, start:end] = torch.tensor(group.context)
+        positions[row, start:end] = torch.arange(len(group.context))
+        segment[row, start:end] = 0
+        for j, tokens in enumerate(group.continuations):
+            inputs = tokens[:-1]
+            ids[row, end:end + len(inputs)] = torch.tensor(inputs, dtype=torch.long)
+            positions[row, end:end + len(inputs)] = torch.arange(len(group.context), len(group.context) + len(inputs))
+            segment[row, end:end + len(inputs)] = j + 1
+            end += len(inputs)
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    sees = ((key == 0) & (query >= 0)) | ((key == query) & (query > 0))
+    mask = (sees & causal) | torch.eye(width, dtype=torch.bool)
+    tails = [packed_length(g) - len(g.context) + 1 for g in groups]
+    return ids.to(device), positions.to(device), mask[:, None].to(device), tails
+
+
+def _score_packed(model, groups: list[Group], pad_id: int, budget: Budget = Budget()) -> dict[int, tuple[float, bool]]:
+    """Score every continuation of `groups` in packed rows (`_packed_rows`): one forward pass for contexts and
+    continuations together, where `_score_batch` runs the contexts, copies their key/value cache for each choice and
+    runs the continuations after it. Only the rows' tails reach the vocabulary projection, in parts within the
+    scored budget."""
+    import torch
+
+    results: dict[int, tuple[float, bool]] = {}
+    per_pass = max(1, budget.scored // max(packed_length(g) - len(g.context) + 1 for g in groups))
+    for first in range(0, len(groups), per_pass):
+        part = groups[first:first + per_pass]
+        ids, positions, mask, tails = _packed_rows(part, pad_id, model.device)
+        kept = max(tails)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=kept).logits
+        logprobs = logits.float().log_softmax(-1)  # [rows, kept, vocab]
+        rows, where, targets, owners = [], [], [], []  # one entry per predicted token
+        for row, (group, tail) in enumerate(zip(part, tails)):
+            context_last = kept - tail
+            block = context_last + 1
+            for index, tokens in zip(group.indices, group.continuations):
+                predictors = [context_last] + list(range(block, block + len(tokens) - 1))
+                rows += [row] * len(tokens)
+                where += predictors
+                targets += tokens
+                owners += [index] * len(tokens)
+                block += len(tokens) - 1
+        rows_t, where_t = torch.tensor(rows, device=model.device), torch.tensor(where, device=model.device)
+        targets_t = torch.tensor(targets, device=model.device)
+        picked = logprobs[rows_t, where_t, targets_t].tolist()  # one sync a pass
+        greedy = (logprobs.argmax(-1)[rows_t, where_t] == targets_t).tolist()
+        for index, score, is_greedy in zip(owners, picked, greedy):
+            total, all_greedy = results.get(index, (0.0, True))
+            results[index] = (total + score, all_greedy and is_greedy)
+    return results
+
+
 def _cache_argument(model) -> str:
     """The forward argument that takes a key/value cache: `cache` in newer transformers, else `past_key_values`."""
     import inspect
@@ -363,13 +446,20 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
     if share_prefixes is None and not worth_sharing(clusters, budget):
         clusters = []
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
+    # Contexts with longer continuations (ARC's answer texts) go through packed, where the model takes the mask
+    packed = [i for i in alone if packs(model) and any(len(c) > 1 for c in groups[i].continuations)]
+    alone = [i for i in alone if i not in set(packed)]
 
-    def score(part: list[Group], prefix=None) -> None:
-        results.update(_score_batch(model, part, pad_id, prefix, budget))
+    def score(part: list[Group], prefix=None, pack: bool = False) -> None:
+        results.update(_score_packed(model, part, pad_id, budget) if pack else
+                       _score_batch(model, part, pad_id, prefix, budget))
         if progress is not None:
             progress(sum(len(group.indices) for group in part))
 
     with torch.inference_mode(), _counting_passes(model, stats):
+        for batch in batches([packed_length(groups[i]) for i in packed], budget.tokens, budget.rows,
+                             budget.pass_tokens):
+            score([groups[packed[i]] for i in batch], pack=True)
         for batch in batches([len(groups[i].context) for i in alone], budget.tokens, budget.rows, budget.pass_tokens):
             score([groups[alone[i]] for i in batch])
         # The shared runs of many clusters go through the model together, and the rest of their contexts are batched

@@ -84,6 +84,37 @@ def test_multi_token_continuations_continue_from_the_context():
     assert len(model.calls) == 2 and model.calls[1][:2] == (2, 2)
 
 
+def test_packed_rows_score_each_continuation_from_its_own_positions():
+    """A model that takes a custom mask scores a context and its longer continuations in one packed pass: the
+    context's last position predicts every first token, each continuation's inputs predict its next tokens."""
+    model, tok = BigramModel(), CharTokenizer()
+    model.config._attn_implementation = "sdpa"
+    requests = [("a", "b a"), ("a", "bx"), ("a", "a"), ("bab", " "), ("b", " x")]
+    scores = scoring.loglikelihood(model, tok, requests)
+    assert scores[0][0] == pytest.approx(2 * HIT + MISS, abs=1e-6) and scores[0][1] is False
+    assert scores[1][0] == pytest.approx(HIT + MISS, abs=1e-6)
+    assert scores[2] == (pytest.approx(MISS, abs=1e-6), False)
+    assert scores[3] == (pytest.approx(HIT, abs=1e-6), True)  # one-token choices: the context alone
+    assert scores[4] == (pytest.approx(2 * HIT, abs=1e-6), True)
+    # "a" and "b" packed in one pass (inputs "a" + "b " + "b" + "", and "b" + " "), then "bab" with its one token
+    assert [call[:2] for call in model.calls] == [(2, 4), (1, 3)]
+    ids, positions, mask, tails = scoring._packed_rows(
+        [scoring.Group([1], [[2, 3, 1], [2, 4]]), scoring.Group([2, 1, 2], [[3, 1]])], 0, "cpu")
+    assert ids.tolist() == [[1, 2, 3, 2], [2, 1, 2, 3]] and tails == [4, 2]
+    assert positions.tolist() == [[0, 1, 2, 1], [0, 1, 2, 3]]  # the second choice starts again after the context
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]]
+
+
+def test_packing_needs_sdpa_and_no_sliding_window():
+    config = SimpleNamespace(_attn_implementation="sdpa")
+    assert scoring.packs(SimpleNamespace(config=config))
+    assert not scoring.packs(SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager")))
+    windowed = SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096, use_sliding_window=True)
+    assert not scoring.packs(SimpleNamespace(config=windowed))
+    unused = SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096, use_sliding_window=False)
+    assert scoring.packs(SimpleNamespace(config=unused))
+
+
 def test_results_come_back_in_request_order_whatever_the_batching():
     model, tok = BigramModel(), CharTokenizer()
     requests = [("a" * n, c) for n in (1, 7, 3, 12) for c in "ab"]

@@ -43,12 +43,20 @@ def _plain(model, tokenizer, context, continuation):
     return logprobs.gather(-1, target[:, None]).sum().item(), bool((logprobs.argmax(-1) == target).all())
 
 
-def test_batched_equals_plain_unbatched_within_1e4(smollm2):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "apart"])
+def test_batched_equals_plain_unbatched_within_1e4(smollm2, monkeypatch, packed):
+    """Packed (each context with its choices' tokens in one row, under a mask) and apart (the contexts, then the
+    choices from their key/value cache): both equal lm-eval's plain computation."""
     from pytest_quantbench import scoring
 
     model, tokenizer = smollm2
+    assert scoring.packs(model)
+    if not packed:
+        monkeypatch.setattr(scoring, "packs", lambda model: False)
     requests = _requests()
-    batched = scoring.loglikelihood(model, tokenizer, requests)
+    stats: dict = {}
+    batched = scoring.loglikelihood(model, tokenizer, requests, stats=stats)
+    assert stats["passes"] == (2 if packed else 3)  # MMLU's contexts; ARC's packed, or its contexts then choices
     plain = [_plain(model, tokenizer, *r) for r in requests]
     assert max(abs(a[0] - b[0]) for a, b in zip(batched, plain)) < 1e-4
     assert [a[1] for a in batched] == [b[1] for b in plain]

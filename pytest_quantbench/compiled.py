@@ -8,7 +8,8 @@ Precisions whose kernels do not compile into one graph (bitsandbytes int8, GPTQM
 whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`).
 Sibling projections reading one input (q/k/v, gate/up) run as one matmul in the compiled step (fusion.py;
 `compile_fused` in the record). With SDPA attention and grouped query heads, a decode step attends with each key/value head's query heads as its
-query rows rather than copying the key/value heads (`grouped_decode_attention`; `compile_attention` in the record).
+query rows rather than copying the key/value heads (`grouped_decode_attention`; `compile_attention` in the record);
+QB_DECODE_ATTENTION picks flex_attention or a written-out attention instead.
 """
 
 from __future__ import annotations

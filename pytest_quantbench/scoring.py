@@ -11,7 +11,9 @@ Speed, without changing a number (beyond float rounding):
 - the requests that share a context (the choices of one question) form one group; the context runs once, and the
   logits of its last position score every choice's first token: one forward pass per question when every choice
   is one token (MMLU's " A".." D");
-- longer choices (ARC's answer texts) continue from the context's key/value cache, all choices of a batch together;
+- longer choices (ARC's answer texts) go in their context's row, side by side after it, under a mask that lets
+  each see the context and itself only: a question is one row of one pass (`_score_packed`); where the model's
+  attention takes no such mask, they continue from the context's key/value cache instead;
 - only the logits that are scored are computed (`logits_to_keep`): the vocabulary projection dominates small models;
 - groups are sorted by length and batched under a token budget, left-padded with explicit position ids, so padding
   is small and does not move any position; the budget is the CPU's fixed one, or on a GPU what its free memory

@@ -42,6 +42,18 @@ case $stage in
       "${run[@]}" --qb-model "$model" --qb-decoding greedy --qb-max-new-tokens 64 \
         --qb-precision "${EAGER_PRECISIONS-int8}" -k "speed or memory" --qb-report-dir "$out/$stage-eager"
     fi ;;
+  decode-attention)  # decode attention kernels side by side at MODEL's shape (scripts/decode_attention.py), then the
+    # compiled step of each of PRECISIONS with each of ATTENTIONS (QB_DECODE_ATTENTION), one process each
+    python3 scripts/decode_attention.py --shape "${SHAPE:-28,28,4,128}" --rows 1,8,32 --length 256 \
+      --out "$out/$stage/attention.json"
+    for precision in ${PRECISIONS:-bf16}; do
+      for attention in ${ATTENTIONS:-grouped flex math}; do
+        QB_DECODE_ATTENTION=$attention python3 -m pytest benchmarks/test_speed.py "${plugin[@]}" -p no:cacheprovider -q \
+          -rs --tb=line --qb-device cuda --qb-max-time 3 --qb-model "${MODEL:-synthetic:qwen2.5-7b}" --qb-mode compiled \
+          --qb-decoding greedy --qb-max-new-tokens 64 --qb-batch-size "${BATCH_SIZES:-1}" --qb-precision "$precision" \
+          --qb-report-dir "$out/$stage/$precision-$attention"
+      done
+    done ;;
   families)  # encoder-decoder and image-text shapes with random weights
     "${run[@]}" --qb-model synthetic:flan-t5-base --qb-model synthetic:paligemma-3b --qb-decoding greedy \
       --qb-precision bf16,int8,nf4 -k "speed or memory" --qb-report-dir "$out/$stage" ;;

@@ -26,6 +26,7 @@ interleaved rounds, ours then each lm-eval batch size). Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,6 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -405,10 +409,16 @@ def main() -> None:
                                                               "turn; each side's fastest counts (default 2)")
     parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")
     parser.add_argument("--prompts-only", action="store_true", help="compare the request strings only (no model)")
+    parser.add_argument("--sdpa-backends", default="",
+                        help="SDPA backends both sides may use, e.g. flash,efficient,math (default: torch's choice; "
+                             "cuDNN's attention may build a plan for every new batch shape)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
+    unknown = [n for n in args.sdpa_backends.split(",") if n and n not in SDPA_BACKENDS]
+    if unknown:
+        parser.error(f"--sdpa-backends: unknown {', '.join(unknown)}; give some of {', '.join(SDPA_BACKENDS)}")
     default_sizes = parse_batch_sizes(args.lm_eval_batch_sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -426,6 +436,26 @@ def main() -> None:
     if not args.prompts_only:
         model, tokenizer, about = load(args)
         report.update(about)
+    report["sdpa_backends"] = args.sdpa_backends or "torch's choice"
+    with sdpa_backends(args.sdpa_backends):
+        run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir, report)
+
+
+@contextlib.contextmanager
+def sdpa_backends(names: str):
+    """Both sides' SDPA limited to `names` (comma-separated SDPBackend names), or torch's own choice."""
+    if not names:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    with sdpa_kernel([chosen[n] for n in names.split(",")]):
+        yield
+
+
+def run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir: Path, report: dict) -> None:
     for spec in args.task:
         name, limit, sizes = parse_task(spec, default_sizes)
         if name == "wikitext2":

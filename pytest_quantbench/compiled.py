@@ -247,8 +247,6 @@ def flex_decode_attention(module, query, key, value, attention_mask, scaling=Non
 def math_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention for one query token written out (matmul, masked softmax in float32, matmul), each key/value head's
     query heads as its query rows, for Inductor to fuse; other shapes: grouped_decode_attention."""
-    import torch
-
     groups = getattr(module, "num_key_value_groups", 1)
     if not _one_query(query, kwargs):
         return grouped_decode_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

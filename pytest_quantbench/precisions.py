@@ -158,6 +158,24 @@ def bnb_cpu_4bit_fits(in_features: int, out_features: int) -> bool:
     return out_features % BNB_CPU_ROW_BLOCK == 0 and in_features % BNB_4BIT_BLOCKSIZE == 0
 
 
+def _bnb_4bit_after_load(precision: Precision, model, device: str) -> tuple[Any, dict]:
+    """On the CPU the compute dtype is what runs. bitsandbytes' AVX-512 BF16 kernel, which its 4-bit layers switch
+    to at their first inference call on such CPUs, casts the activations to bf16 whatever the compute dtype (its
+    outputs are then ~2.5e-3 off float32 ones, and padding moves a choice's score by up to 0.2 nats): it runs only
+    for a bf16 compute dtype; other dtypes dequantize, then multiply in their own dtype, on every CPU."""
+    if device != "cpu":
+        return model, {}
+    fast = precision.resolved_compute_dtype(device) == "bf16"
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = layer.support_avx512bf16_for_cpu and fast
+    if not layers:
+        return model, {}
+    used = any(layer.support_avx512bf16_for_cpu for layer in layers)
+    return model, {"cpu_4bit_kernel": "AVX-512 BF16 (bf16 activations)" if used
+                   else f"dequantize, then {precision.resolved_compute_dtype(device)} matmul"}
+
+
 def bnb_cpu_4bit_unfit(model, skipped: list[str] | None) -> list[str]:
     """The linear layers of `model` (a meta-device skeleton will do) that transformers would replace with 4-bit ones,
     given the skip patterns `skipped`, and whose shape that kernel cannot take."""
@@ -373,7 +391,8 @@ register(Precision("int8", "bitsandbytes", "LLM.int8(): 8-bit weights with fp16 
 for _quant in ("nf4", "fp4"):
     register(Precision(_quant, "bitsandbytes", f"4-bit {_quant.upper()} weights (QLoRA-style), dequantized per matmul",
                        _bnb_4bit(_quant), requires=("bitsandbytes",), parse_arg=_parse_compute_dtype,
-                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision"), keep_layers=_bnb_4bit_keep))
+                       arg_help="[@fp32|@fp16|@bf16]", flags=("dq", "vision"), keep_layers=_bnb_4bit_keep,
+                       after_load=_bnb_4bit_after_load))
 _DTYPE_ARG = {"parse_arg": _parse_compute_dtype, "arg_help": "[@fp32|@fp16|@bf16]"}
 register(Precision("int8wo", "torchao", "int8 weight-only (per-channel scales), activations in the compute dtype",
                    _torchao("int8wo"), requires=("torchao",), **_DTYPE_ARG))

@@ -368,3 +368,28 @@ def test_earlier_models_are_freed_when_a_tasks_data_is_missing(pytester, tiny_mo
     result = pytester.runpytest_subprocess(f"--qb-model=tiny={tiny_model_dir}", "--qb-precision=fp32,bf16,nf4",
                                 "--qb-decoding=greedy", "--qb-repeats=1", "--qb-warmup=0", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, skipped=3)
+
+
+@pytest.mark.parametrize("name", ["nf4", "fp4", "nf4@bf16"])
+def test_cpu_4bit_layers_compute_in_the_compute_dtype(tiny_synthetic, name):
+    """bitsandbytes' AVX-512 BF16 CPU kernel casts activations to bf16 whatever the compute dtype: it runs for a bf16
+    compute dtype only; an fp32 one gives the float32 product of the input and the dequantized weight."""
+    import bitsandbytes.functional as bnb_functional
+    import torch
+    from bitsandbytes.functional import has_avx512bf16
+
+    handle = load_model(tiny_synthetic, parse_precision(name), "cpu")
+    layers = [m for m in handle.model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers
+    bf16 = name.endswith("@bf16")
+    fast = bf16 and has_avx512bf16()
+    assert handle.extra["cpu_4bit_kernel"] == ("AVX-512 BF16 (bf16 activations)" if fast else
+                                               f"dequantize, then {'bf16' if bf16 else 'fp32'} matmul")
+    layer = layers[0]
+    x = torch.randn(3, 5, layer.in_features, dtype=torch.bfloat16 if bf16 else torch.float32)
+    with torch.inference_mode():  # dequantized first: the AVX-512 kernel repacks the weight at its first call
+        weight = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        got = layer(x).float()
+    want = x.float() @ weight.t() + (0 if layer.bias is None else layer.bias.float())
+    error = ((got - want).norm() / want.norm()).item()
+    assert error < (2e-2 if bf16 else 1e-6), error

@@ -4,7 +4,7 @@ fidelity summaries), file hashes, and the on-disk cache of log-likelihood result
 The score cache: the baseline's scores are the expensive part of a session that re-evaluates the baseline precision
 for every threshold.
 The key holds everything that changes a number: the model's identity (file sha256 or hub revision), the precision
-and its parameters, the device, the versions of torch, transformers, bitsandbytes and this package, this cache's
+and its parameters, the device (and for bitsandbytes' 4-bit layers on a CPU, which kernel path they ran), the versions of torch, transformers, bitsandbytes and this package, this cache's
 format, and the exact request texts (so a change of prompt format, few-shot examples or task version that changes a
 prompt is a different key). A model without a known identity (a hub id with no resolved revision, a directory of
 several weight files) is never cached: lm-eval's request cache is not keyed by model, and two models sharing one
@@ -35,7 +35,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-FORMAT = 1  # bump when scoring.py changes a number
+FORMAT = 2  # bump when scoring.py changes a number
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "pytest-quantbench")
 
 
@@ -47,8 +47,10 @@ def identity(handle) -> dict | None:
     source.pop("note", None)
     precision = handle.precision
     params = precision.params(handle.device) if hasattr(precision, "params") else {}
+    kernel = (getattr(handle, "extra", None) or {}).get("cpu_4bit_kernel")  # bf16 activations or not, per CPU
     return {"format": FORMAT, "source": source, "precision": precision.name, "params": params,
-            "device": handle.device, "versions": {name: package_version(name) for name in LIBRARIES}}
+            "device": handle.device, "versions": {name: package_version(name) for name in LIBRARIES},
+            **({"cpu_4bit_kernel": kernel} if kernel else {})}
 
 
 def cache_key(ident: dict, kind: str, payload) -> str:

@@ -393,3 +393,19 @@ def test_cpu_4bit_layers_compute_in_the_compute_dtype(tiny_synthetic, name):
     want = x.float() @ weight.t() + (0 if layer.bias is None else layer.bias.float())
     error = ((got - want).norm() / want.norm()).item()
     assert error < (2e-2 if bf16 else 1e-6), error
+
+
+def test_score_cache_keys_tell_the_cpu_4bit_kernel_paths_apart():
+    """The same nf4@bf16 model on a CPU with AVX-512 BF16 and on one without gives other numbers: other cache keys."""
+    from types import SimpleNamespace
+
+    from pytest_quantbench.cache import cache_key, identity
+
+    def handle(extra):
+        return SimpleNamespace(source={"sha256": "ab"}, precision=parse_precision("nf4@bf16"), device="cpu",
+                               extra=extra)
+
+    keys = {cache_key(identity(handle(extra)), "loglikelihood", [["a", "b"]])
+            for extra in ({}, {"cpu_4bit_kernel": "AVX-512 BF16 (bf16 activations)"},
+                          {"cpu_4bit_kernel": "dequantize, then bf16 matmul"})}
+    assert len(keys) == 3

@@ -38,7 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}  # --sdpa-backends names -> torch.nn.attention.SDPBackend members
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -449,9 +450,7 @@ def sdpa_backends(names: str):
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-    with sdpa_kernel([chosen[n] for n in names.split(",")]):
+    with sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[n]) for n in names.split(",")]):
         yield
 
 

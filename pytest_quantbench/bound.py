@@ -95,7 +95,7 @@ def _attention_call(shape, rows: int, length: int, static: bool, attention: str 
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from .compiled import ATTENTION_RECORDED, DECODE_FUNCTIONS
+    from .compiled import decode_function
 
     layers, heads, kv_heads, head_dim = shape
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
@@ -104,16 +104,16 @@ def _attention_call(shape, rows: int, length: int, static: bool, attention: str 
                torch.randn(rows, kv_heads, length, head_dim, dtype=dtype, device=device)) for _ in range(layers)]
     mask = torch.ones(rows, 1, 1, length, dtype=torch.bool, device=device) if static else None
     scale = head_dim ** -0.5
-    setting = {recorded: setting for setting, recorded in ATTENTION_RECORDED.items()}.get(attention)
-    if not static or setting is None:
+    ran = decode_function(attention) if static else None
+    if ran is None:
         return lambda: [sdpa_attention_forward(module, query, key, value, mask, scaling=scale)
                         for key, value in caches]
-    function = DECODE_FUNCTIONS[setting]
+    function, compiles = ran
 
     def attend(key, value):
         return function(module, query, key, value, mask, scaling=scale)[0]
 
-    if setting != "grouped":  # Inductor's kernels, as in the step
+    if compiles:  # Inductor's kernels, as in the step
         attend = torch.compile(attend, dynamic=False, fullgraph=True)
     return lambda: [attend(key, value) for key, value in caches]
 

@@ -4,8 +4,8 @@ fidelity summaries), file hashes, and the on-disk cache of log-likelihood result
 The score cache: the baseline's scores are the expensive part of a session that re-evaluates the baseline precision
 for every threshold.
 The key holds everything that changes a number: the model's identity (file sha256 or hub revision), the precision
-and its parameters, the device (and for bitsandbytes' 4-bit layers on a CPU, which kernel path they ran), the versions of torch, transformers, bitsandbytes and this package, this cache's
-format, and the exact request texts (so a change of prompt format, few-shot examples or task version that changes a
+and its parameters, the device (and for bitsandbytes' 4-bit layers on a CPU, which kernel path they ran), the
+versions of torch, transformers, bitsandbytes and this package, this cache's format, and the exact request texts (so a change of prompt format, few-shot examples or task version that changes a
 prompt is a different key). A model without a known identity (a hub id with no resolved revision, a directory of
 several weight files) is never cached: lm-eval's request cache is not keyed by model, and two models sharing one
 cache entry would be a silent error. One JSON file per key under `<cache root>/scores/`; `QB_SCORE_CACHE=0`

@@ -263,6 +263,15 @@ DECODE_FUNCTIONS = {"flex": flex_decode_attention, "math": math_decode_attention
                     "grouped": grouped_decode_attention}
 
 
+def decode_function(recorded: str | None):
+    """The decode attention function a step ran, from the record's `compile_attention`, and whether Inductor compiles
+    it (all but grouped SDPA); None for transformers' own attention."""
+    for setting, name in ATTENTION_RECORDED.items():
+        if name == recorded:
+            return DECODE_FUNCTIONS[setting], setting != "grouped"
+    return None
+
+
 def decode_attention() -> str:
     """QB_DECODE_ATTENTION (default DECODE_ATTENTION), checked: ValueError naming the accepted values."""
     setting = os.environ.get("QB_DECODE_ATTENTION", "").strip().lower() or DECODE_ATTENTION

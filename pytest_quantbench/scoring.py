@@ -337,6 +337,11 @@ def packed_length(group: Group) -> int:
     return len(group.context) + sum(len(c) - 1 for c in group.continuations)
 
 
+def _tail(group: Group) -> int:
+    """The positions of a packed row that predict a token: the context's last, then every continuation input."""
+    return packed_length(group) - len(group.context) + 1
+
+
 def _packed_rows(groups: list[Group], pad_id: int, device):
     """Left-padded packed rows: each context followed by its continuations' inputs, side by side. Positions restart
     after the context for every continuation, and the mask lets a continuation's tokens see the context and their
@@ -365,7 +370,7 @@ def _packed_rows(groups: list[Group], pad_id: int, device):
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     sees = ((key == 0) & (query >= 0)) | ((key == query) & (query > 0))
     mask = (sees & causal) | torch.eye(width, dtype=torch.bool)
-    tails = [packed_length(g) - len(g.context) + 1 for g in groups]
+    tails = [_tail(g) for g in groups]
     return ids.to(device), positions.to(device), mask[:, None].to(device), tails
 
 
@@ -377,7 +382,7 @@ def _score_packed(model, groups: list[Group], pad_id: int, budget: Budget = Budg
     import torch
 
     results: dict[int, tuple[float, bool]] = {}
-    per_pass = max(1, budget.scored // max(packed_length(g) - len(g.context) + 1 for g in groups))
+    per_pass = max(1, budget.scored // max(_tail(g) for g in groups))
     for first in range(0, len(groups), per_pass):
         part = groups[first:first + per_pass]
         ids, positions, mask, tails = _packed_rows(part, pad_id, model.device)
@@ -449,8 +454,9 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
         clusters = []
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})
     # Contexts with longer continuations (ARC's answer texts) go through packed, where the model takes the mask
-    packed = [i for i in alone if packs(model) and any(len(c) > 1 for c in groups[i].continuations)]
-    alone = [i for i in alone if i not in set(packed)]
+    packable = packs(model)
+    packed = [i for i in alone if packable and any(len(c) > 1 for c in groups[i].continuations)]
+    alone = sorted(set(alone) - set(packed))
 
     def score(part: list[Group], prefix=None, pack: bool = False) -> None:
         results.update(_score_packed(model, part, pad_id, budget) if pack else

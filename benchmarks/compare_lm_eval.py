@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -220,7 +221,7 @@ def ran(result: dict, lm_eval_runs: dict):
 
 
 def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args, model, tokenizer,
-                 lm_eval_dir: Path) -> dict:
+                 lm_eval_dir: Path, reference=None) -> dict:
     from pytest_quantbench import scoring
     from pytest_quantbench.tasks import get_task
     from pytest_quantbench.tasks.sources import stratified
@@ -270,8 +271,7 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     for batch_size, theirs, seconds, rounds in ran(result, lm_eval_runs):
         theirs_result = task.score(docs, ours_requests, theirs)
         diffs = [abs(a[0] - b[0]) for a, b in zip(ours, theirs)]
-        same = sum(1 for i in range(len(docs))
-                   if _pred(ours, ours_requests, i) == _pred(theirs, ours_requests, i))
+        same = sum(a == b for a, b in zip(answers_of(ours, ours_requests), answers_of(theirs, ours_requests)))
         result[f"lm_eval_bs{batch_size}"] = {
             "seconds": seconds, "seconds_rounds": rounds, "questions_per_s": len(docs) / seconds,
             "acc": theirs_result.metrics["acc"], "acc_norm": theirs_result.metrics.get("acc_norm"),
@@ -279,11 +279,51 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
             "same_answer_pct": 100 * same / len(docs),
             "greedy_flag_agreement_pct": 100 * sum(a[1] == b[1] for a, b in zip(ours, theirs)) / len(ours),
         }
+    answers = {"ours": ours, **{f"lm_eval_bs{b}": theirs for b, theirs, _, _ in ran({}, lm_eval_runs)}}
+    result["between_lm_eval_batch_sizes"] = between_batch_sizes(answers, ours_requests)
+    if reference is not None:
+        ref_model, ref_precision = reference
+        scores = scoring.loglikelihood(ref_model, tokenizer, flat, args.max_length,
+                                       scoring.budget_for(ref_model, args.token_budget), share_prefixes=share)
+        result["reference"] = against_reference(ref_precision, scores, answers, ours_requests)
     _fastest(result, batch_sizes)
     return result
 
 
-def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, tokenizer, lm_eval_dir: Path) -> dict:
+def between_batch_sizes(answers: dict, requests: list) -> dict:
+    """Same answers between lm-eval at two batch sizes: how much batch shapes alone flip answers (in bf16, a floor
+    under any agreement of two sides that batch differently)."""
+    names = [n for n in answers if n != "ours"]
+    preds = {n: answers_of(answers[n], requests) for n in names}
+    return {f"{a} vs {b}": 100 * sum(x == y for x, y in zip(preds[a], preds[b])) / len(requests)
+            for k, a in enumerate(names) for b in names[k + 1:]}
+
+
+def against_reference(precision: str, reference: list, answers: dict, requests: list) -> dict:
+    """Each side's answers against our scorer's in a reference precision (fp32), and, where ours and lm-eval's
+    differ, which side gave the reference's answer and how near-tied the reference's top two choices were there."""
+    n = len(requests)
+    truth = answers_of(reference, requests)
+    margins = [lls[0] - lls[1] for lls in (sorted(q, reverse=True) for q in per_question(reference, requests))]
+    preds = {name: answers_of(scores, requests) for name, scores in answers.items()}
+    out = {"precision": precision, "median_top2_margin_nats": statistics.median(margins)}
+    for name, pred in preds.items():
+        out[f"{name}_same_as_reference_pct"] = 100 * sum(p == t for p, t in zip(pred, truth)) / n
+    for name, pred in preds.items():
+        if name == "ours":
+            continue
+        differ = [i for i in range(n) if pred[i] != preds["ours"][i]]
+        out[f"ours_vs_{name}"] = {
+            "questions_answered_differently": len(differ),
+            "ours_gives_reference_answer": sum(preds["ours"][i] == truth[i] for i in differ),
+            "lm_eval_gives_reference_answer": sum(pred[i] == truth[i] for i in differ),
+            "reference_top2_margin_nats": sorted(round(margins[i], 4) for i in differ),
+        }
+    return out
+
+
+def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, tokenizer, lm_eval_dir: Path,
+                    reference=None) -> dict:
     """WikiText-2: our loglikelihood_rolling against lm-eval's on the same articles, as word perplexities."""
     from pytest_quantbench import scoring
     from pytest_quantbench.tasks import get_task
@@ -325,14 +365,32 @@ def compare_rolling(limit: int | None, batch_sizes: list[int], args, model, toke
             "max_abs_ll_diff": max(diffs), "mean_abs_ll_diff": sum(diffs) / len(diffs),
             "max_rel_ll_diff": max(d / max(1e-9, abs(a[0])) for d, a in zip(diffs, ours)),
         }
+    if reference is not None:
+        ref_model, ref_precision = reference
+        scores = scoring.loglikelihood_rolling(ref_model, tokenizer, texts, args.max_length,
+                                               token_budget=scoring.budget_for(ref_model, args.token_budget))
+        ref_ppl = task.score(articles, scores).metrics["word_perplexity"]
+        sides = [("ours", mine["word_perplexity"])] + [
+            (f"lm_eval_bs{b}", result[f"lm_eval_bs{b}"]["word_perplexity"])
+            for b in batch_sizes if "word_perplexity" in result[f"lm_eval_bs{b}"]]
+        result["reference"] = {"precision": ref_precision, "word_perplexity": ref_ppl,
+                               **{f"{name}_rel_diff_pct": 100 * (ppl - ref_ppl) / ref_ppl for name, ppl in sides}}
     _fastest(result, batch_sizes)
     return result
 
 
-def _pred(scores, requests, i) -> int:
-    start = sum(len(r) for r in requests[:i])
-    lls = [s[0] for s in scores[start : start + len(requests[i])]]
-    return max(range(len(lls)), key=lambda k: (lls[k], -k))
+def per_question(scores, requests) -> list[list[float]]:
+    """The flat per-choice scores cut into each question's choice log-likelihoods."""
+    out, start = [], 0
+    for choices in requests:
+        out.append([s[0] for s in scores[start : start + len(choices)]])
+        start += len(choices)
+    return out
+
+
+def answers_of(scores, requests) -> list[int]:
+    """Each question's highest-scoring choice (the first of a tie), as `acc` counts it."""
+    return [max(range(len(lls)), key=lambda k: (lls[k], -k)) for lls in per_question(scores, requests)]
 
 
 def _fastest(result: dict, batch_sizes: list[int]) -> None:
@@ -343,8 +401,8 @@ def _fastest(result: dict, batch_sizes: list[int]) -> None:
         result["speedup_vs_fastest_lm_eval"] = result[f"lm_eval_bs{fastest}"]["seconds"] / result["ours_s"]
 
 
-def load(args):
-    """(model, tokenizer, what the report says of them), loaded as the plugin loads `--model` in `--precision`."""
+def load(args, precision_name: str):
+    """(model, tokenizer, what the report says of them), loaded as the plugin loads `--model` in the precision."""
     import torch
 
     from pytest_quantbench import scoring
@@ -353,7 +411,7 @@ def load(args):
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
-    precision = parse_precision(args.precision)
+    precision = parse_precision(precision_name)
     why = precision.why_unavailable(args.device)
     if why:
         raise SystemExit(why)
@@ -413,6 +471,10 @@ def main() -> None:
     parser.add_argument("--sdpa-backends", default="",
                         help="SDPA backends both sides may use, e.g. flash,efficient,math (default: torch's choice; "
                              "cuDNN's attention may build a plan for every new batch shape)")
+    parser.add_argument("--reference-precision",
+                        help="also score every question with our scorer in this precision (e.g. fp32; untimed, "
+                             "same tokenizer) and report, where the two sides answer differently, which gives the "
+                             "reference's answer and how near-tied its top two choices were")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.rounds < 1:
@@ -434,12 +496,17 @@ def main() -> None:
               "rounds": args.rounds,
               "lm_eval_softmax_dtype": args.lm_eval_softmax_dtype or "the model's dtype",
               "score_cache": "off: scoring.py called directly, QB_SCORE_CACHE=0", "tasks": []}
+    reference = None
     if not args.prompts_only:
-        model, tokenizer, about = load(args)
+        model, tokenizer, about = load(args, args.precision)
         report.update(about)
+        if args.reference_precision:
+            ref_model, _, ref_about = load(args, args.reference_precision)
+            reference = (ref_model, args.reference_precision)
+            report["reference"] = {"precision": args.reference_precision, **ref_about}
     report["sdpa_backends"] = args.sdpa_backends or "torch's choice"
     with sdpa_backends(args.sdpa_backends):
-        run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir, report)
+        run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir, report, reference)
 
 
 @contextlib.contextmanager
@@ -454,13 +521,13 @@ def sdpa_backends(names: str):
         yield
 
 
-def run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir: Path, report: dict) -> None:
+def run_tasks(args, default_sizes, model, tokenizer, lm_eval_dir: Path, report: dict, reference=None) -> None:
     for spec in args.task:
         name, limit, sizes = parse_task(spec, default_sizes)
         if name == "wikitext2":
-            entry = compare_rolling(limit, sizes, args, model, tokenizer, lm_eval_dir)
+            entry = compare_rolling(limit, sizes, args, model, tokenizer, lm_eval_dir, reference)
         else:
-            entry = compare_task(name, limit, sizes, args, model, tokenizer, lm_eval_dir)
+            entry = compare_task(name, limit, sizes, args, model, tokenizer, lm_eval_dir, reference)
         report["tasks"].append(entry)
         print(json.dumps(entry, indent=1, default=str), flush=True)
         if args.out:  # after every task: a run cut short keeps what it measured

@@ -100,7 +100,7 @@ def main() -> None:
 
     from pytest_quantbench import scoring
 
-    model, tokenizer, about = load(args)
+    model, tokenizer, about = load(args, args.precision)
     budget = scoring.budget_for(model, args.token_budget)
     questions, score = task_call(args, model, tokenizer, budget)
     tokens, hook = count_tokens(model, scoring.pad_token_id(tokenizer))

@@ -5,7 +5,10 @@ what a precision's kernels can really do.
 
 Greedy and sampling run here. Beam search reorders the cache every step and is left to eager mode (skip reason).
 Precisions whose kernels do not compile into one graph (bitsandbytes int8, GPTQModel, offload, HQQ), and any
-whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`).
+whose compilation fails, run the same static-cache loop uncompiled; the record says so (`compile_fallback`). On a
+GPU that uncompiled step is captured as one CUDA graph without Inductor (CapturedStep), so such kernels (GPTQModel's
+Marlin) also decode without Python per layer; `decode_step` in the record says which of inductor, cuda_graph or
+python ran the step, and `capture_fallback` why a capture was given up.
 Sibling projections reading one input (q/k/v, gate/up) run as one matmul in the compiled step (fusion.py;
 `compile_fused` in the record). With SDPA attention and grouped query heads, a decode step attends with each key/value head's query heads as its
 query rows rather than copying the key/value heads (`grouped_decode_attention`; `compile_attention` in the record);
@@ -37,6 +40,19 @@ DECODE_ATTENTION = "grouped"
 DECODE_ATTENTIONS = {"flex": "quantbench_flex_decode", "math": "quantbench_math_decode",
                      "grouped": "quantbench_grouped_sdpa", "sdpa": "sdpa"}
 ATTENTION_RECORDED = {"flex": "flex", "math": "math", "grouped": "grouped_sdpa"}
+
+
+# QB_CAPTURE_STEP: whether an uncompiled decode step is captured as a CUDA graph on a GPU (CapturedStep); 0 runs it
+# in Python, to measure what the capture buys side by side or to rule it out.
+CAPTURE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def capture_step() -> bool:
+    """QB_CAPTURE_STEP (default on), checked: ValueError naming the accepted values for any other."""
+    setting = os.environ.get("QB_CAPTURE_STEP", "1").strip().lower() or "1"
+    if setting not in CAPTURE_SETTINGS:
+        raise ValueError(f"QB_CAPTURE_STEP={setting!r} is not a setting: give 1 (or on) or 0 (or off)")
+    return CAPTURE_SETTINGS[setting]
 
 
 def compile_tuning() -> str:
@@ -80,6 +96,19 @@ class CompiledDecoder:
     tuned: bool = False  # compiled with Inductor's coordinate-descent tuning
     attention: str | None = None  # the attention implementation the decode step ran
     fused: list = field(default_factory=list)  # the projections the compiled step runs as one matmul (fusion.py)
+    captured: list = field(default_factory=list)  # the CUDA-graph-captured uncompiled steps made (CapturedStep)
+
+    @property
+    def decode_step(self) -> str:
+        """What ran the decode step: inductor (torch.compile), cuda_graph (the uncompiled step captured) or python."""
+        if not self.fallback:
+            return "inductor"
+        return "cuda_graph" if any(step.graph is not None for step in self.captured) else "python"
+
+    @property
+    def capture_fallback(self) -> str | None:
+        """Why a CUDA graph capture of the uncompiled step was given up, if one was."""
+        return next((step.failed for step in self.captured if step.failed), None)
 
     def _cache_for(self, batch: int, length: int):
         from transformers import StaticCache
@@ -101,6 +130,8 @@ class CompiledDecoder:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.tuned = tune_kernels(self.model)
         greedy = not decoding.generate_kwargs.get("do_sample")
+        if self.fallback and ends:  # a list indexed into the logits is copied to the GPU in the step: not capturable
+            ends = torch.tensor(ends, dtype=torch.long, device=_device(self.model))
         if not self.fallback and not self.fused and compile_fuse():
             self.fused = fuse_projections(self.model)
         fused = self.fused
@@ -112,8 +143,12 @@ class CompiledDecoder:
                 group.clear()
             return _pick(logits, decoding, ends) if greedy else logits
 
-        if self.fallback:  # kernels that cannot be captured: the same static-cache loop, uncompiled
-            return decode_one_token, greedy
+        if self.fallback:  # kernels Inductor cannot compile: the same static-cache step, uncompiled
+            if _device(self.model).type != "cuda" or not capture_step():
+                return decode_one_token, greedy
+            step = CapturedStep(decode_one_token, greedy)
+            self.captured.append(step)
+            return step, greedy
         # Per compile, not process-wide: models compiled in one session each keep their own tuning
         options = {"coordinate_descent_tuning": self.tuned}
         if _device(self.model).type == "cuda":
@@ -180,6 +215,62 @@ class CompiledDecoder:
             self.compile_s = time.perf_counter() - start
         self.calls += 1
         return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
+
+
+class CapturedStep:
+    """The uncompiled decode step captured as one CUDA graph (torch.cuda.CUDAGraph), for kernels Inductor cannot
+    compile: each later step copies its token and position into the graph's input tensors and replays it, with no
+    Python per layer. A new batch size or cache captures again. Before a graph is used, its first replay is checked
+    against the eager step on the same input; a capture that raises (a kernel that syncs with the host) or replays
+    differently is given up with the reason (`failed`), and the step runs eagerly from then on."""
+
+    def __init__(self, function, picks: bool):
+        self.function, self.picks = function, picks
+        self.graph = None
+        self.failed: str | None = None
+        self.key = None  # (input shape, the cache) the graph was captured for
+
+    def __call__(self, input_ids, cache_position, cache):
+        if self.failed:
+            return self.function(input_ids, cache_position, cache)
+        if self.key is None or self.key[0] != tuple(input_ids.shape) or self.key[1] is not cache:
+            return self._capture(input_ids, cache_position, cache)
+        self.ids.copy_(input_ids)
+        self.position.copy_(cache_position)
+        self.graph.replay()
+        return self.out
+
+    def _capture(self, input_ids, cache_position, cache):
+        """Warm up on a side stream (as torch.cuda.graphs asks), capture, replay once and compare. Each of these runs
+        the same step on the same input, so writing the cache position again leaves the cache as one step would."""
+        import torch
+
+        self.graph = None
+        self.ids, self.position = input_ids.clone(), cache_position.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                expected = self.function(self.ids, self.position, cache)
+        torch.cuda.current_stream().wait_stream(side)
+        expected = expected.clone()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the memory sampler's thread may touch CUDA while this thread captures
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.out = self.function(self.ids, self.position, cache)
+            graph.replay()
+        except Exception as error:  # noqa: BLE001 - any capture failure means: run this step eagerly
+            torch.cuda.synchronize()
+            self.failed = f"CUDA graph capture failed ({type(error).__name__}: {_first_line(error)}): step eager"
+            return expected
+        same = (torch.equal(self.out, expected) if self.picks else
+                torch.allclose(self.out.float(), expected.float(), rtol=1e-3, atol=1e-3))
+        if not same:
+            self.failed = "the CUDA graph's replay differed from the eager step on the same input: step eager"
+            return expected
+        self.graph, self.key = graph, (tuple(input_ids.shape), cache)
+        return self.out
 
 
 def _own_code(function):
@@ -318,11 +409,14 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
-def _pick(logits, decoding, suppressed: list[int] = ()):
-    """Greedy argmax, or nucleus sampling with the decoding's temperature and top-p; `suppressed` tokens never."""
+def _pick(logits, decoding, suppressed=()):
+    """Greedy argmax, or nucleus sampling with the decoding's temperature and top-p; `suppressed` tokens never (a
+    list of ids, constants to torch.compile, or a long tensor on the logits' device, for a captured step)."""
     import torch
 
-    if suppressed:
+    if isinstance(suppressed, torch.Tensor):
+        logits = logits.index_fill(-1, suppressed, float("-inf"))
+    elif suppressed:
         logits = logits.clone()
         logits[:, list(suppressed)] = float("-inf")
     kwargs = decoding.generate_kwargs

@@ -134,8 +134,11 @@ def measure_generation(handle, prompt: str, decoding, max_new_tokens: int, warmu
         metrics["compile_tuning"] = handle.compiled.tuned
         metrics["compile_attention"] = handle.compiled.attention
         metrics["compile_fused"] = fused_label(handle.compiled.fused)
+        metrics["decode_step"] = handle.compiled.decode_step
         if handle.compiled.fallback:
             metrics["compile_fallback"] = handle.compiled.fallback
+        if handle.compiled.capture_fallback:
+            metrics["capture_fallback"] = handle.compiled.capture_fallback
     if on_results is not None:
         on_results(run, len(results))
     return metrics

@@ -246,7 +246,7 @@ def parse_sandbox(value) -> str:
 
 
 def check_modes(modes: list[str]) -> list[str]:
-    from .compiled import MODES, compile_tuning, decode_attention
+    from .compiled import MODES, capture_step, compile_tuning, decode_attention
     from .fusion import compile_fuse
 
     modes = [m.lower() for m in modes]
@@ -257,6 +257,7 @@ def check_modes(modes: list[str]) -> list[str]:
         compile_tuning()  # a mistyped setting would otherwise compile as "auto" without a word
         compile_fuse()
         decode_attention()
+        capture_step()
     return modes
 
 

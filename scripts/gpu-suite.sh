@@ -54,6 +54,16 @@ case $stage in
           --qb-report-dir "$out/$stage/$precision-$attention"
       done
     done ;;
+  captured)  # the uncompiled decode step as one CUDA graph: its GPU test, then the compiled mode of PRECISIONS whose
+    # kernels Inductor does not compile (default LLM.int8) at MODEL's shape, captured and in Python side by side
+    python3 -m pytest tests/test_measurement.py -p no:cacheprovider -q -rs --tb=short -k "cuda_graph or falls_back" \
+      > "$out/$stage/tests.txt" 2>&1
+    for capture in 1 0; do
+      QB_CAPTURE_STEP=$capture python3 -m pytest benchmarks/test_speed.py "${plugin[@]}" -p no:cacheprovider -q -rs \
+        --tb=line --qb-device cuda --qb-max-time 3 --qb-model "${MODEL:-synthetic:qwen2.5-7b}" --qb-mode compiled \
+        --qb-decoding greedy --qb-max-new-tokens 64 --qb-batch-size "${BATCH_SIZES:-1}" \
+        --qb-precision "${PRECISIONS:-int8}" --qb-report-dir "$out/$stage/capture-$capture"
+    done ;;
   families)  # encoder-decoder and image-text shapes with random weights
     "${run[@]}" --qb-model synthetic:flan-t5-base --qb-model synthetic:paligemma-3b --qb-decoding greedy \
       --qb-precision bf16,int8,nf4 -k "speed or memory" --qb-report-dir "$out/$stage" ;;

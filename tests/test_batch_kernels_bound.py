@@ -270,6 +270,10 @@ def test_a_mistyped_decode_attention_is_refused_before_any_work(monkeypatch):
     with pytest.raises(ValueError, match="QB_DECODE_ATTENTION='flash'.*flex, math, grouped, sdpa"):
         check_modes(["compiled"])
     assert check_modes(["eager"]) == ["eager"]
+    monkeypatch.delenv("QB_DECODE_ATTENTION")
+    monkeypatch.setenv("QB_CAPTURE_STEP", "graphs")
+    with pytest.raises(ValueError, match=r"QB_CAPTURE_STEP='graphs' is not a setting: give 1 \(or on\) or 0"):
+        check_modes(["compiled"])
 
 
 def test_compiled_step_runs_sibling_projections_as_one_matmul(tiny_synthetic, monkeypatch):

@@ -254,6 +254,46 @@ def test_compiled_mode_falls_back_visibly(tiny_synthetic):
             assert decoder.fallback.startswith("torch.compile failed (")
         else:
             assert decoder.fallback is None
+        # no CUDA graph on a CPU: an uncompiled step runs in Python
+        assert decoder.decode_step == ("inductor" if name == "nf4" else "python")
+        assert decoder.capture_fallback is None
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="captures a CUDA graph: needs a CUDA GPU, this machine has none")
+def test_an_uncompiled_step_replays_as_one_cuda_graph_with_eager_tokens(tiny_synthetic):
+    """On a GPU the uncompiled step (a precision Inductor does not compile: the fallback set as int8's is) runs as
+    one captured CUDA graph: eager's greedy tokens for one row, then two (one left-padded: a second capture), each
+    twice (the second call replays only), and the record says cuda_graph. A step that reads a value on the host
+    cannot be captured: the reason is recorded and the step runs eagerly, with eager's tokens."""
+    import torch
+
+    from pytest_quantbench.compiled import decoder_for
+    from pytest_quantbench.measure import measure_generation
+
+    greedy = parse_decoding("greedy")
+    handle = load_model(tiny_synthetic, parse_precision("bf16"), "cuda")
+    decoder = decoder_for(handle)
+    decoder.fallback = "kernels not compiled (as int8's): the static-cache decode loop runs uncompiled"
+    for prompts in (["abc"], ["abc", "a longer prompt than the first"]):
+        inputs = handle.encode(prompts)
+        eager = handle.generate_ids(inputs, greedy, 6, exact_length=True).tolist()
+        for _ in range(2):
+            assert decoder.generate(inputs["input_ids"], greedy, 6).tolist() == eager
+    assert decoder.decode_step == "cuda_graph" and decoder.capture_fallback is None
+    assert len(decoder.captured) == 1  # one step object, captured again for two rows
+    metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled")
+    assert metrics["decode_step"] == "cuda_graph" and "capture_fallback" not in metrics
+
+    handle = load_model(tiny_synthetic, parse_precision("bf16"), "cuda")
+    handle.model.model.layers[0].register_forward_hook(lambda module, args, out: float(out[0].sum()) and None)
+    decoder = decoder_for(handle)
+    decoder.fallback = "kernels not compiled (as int8's): the static-cache decode loop runs uncompiled"
+    inputs = handle.encode(["abc"])
+    eager = handle.generate_ids(inputs, greedy, 6, exact_length=True).tolist()
+    assert decoder.generate(inputs["input_ids"], greedy, 6).tolist() == eager
+    assert decoder.decode_step == "python" and decoder.capture_fallback.startswith("CUDA graph capture failed (")
+    torch.cuda.synchronize()
 
 
 # --- CPU memory that belongs to the case --------------------------------------------------------------------------

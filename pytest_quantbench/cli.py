@@ -64,13 +64,14 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     tolerances = parse_tolerances(args.fail_on)
-    baseline, new = load_baseline(Path(args.base)), load_baseline(Path(args.new)).records
+    baseline, newer = load_baseline(Path(args.base)), load_baseline(Path(args.new))
+    new = newer.records
     rows = []
     for test, record in new.items():
         if test not in baseline.records:
             continue
         try:
-            checks = gate(baseline, record, tolerances, args.force)
+            checks = gate(baseline, record, tolerances, args.force, newer.versions)
         except ValueError as error:  # measured on another device or other weights
             print(error, file=sys.stderr)
             return 2

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .results import (
@@ -79,6 +79,7 @@ class Baseline:
     path: Path
     records: dict[str, Record]
     history: dict[str, dict[str, list[float]]]
+    versions: dict = field(default_factory=dict)  # the library versions of the run it was saved from
 
 
 def load_baseline(path: Path) -> Baseline:
@@ -91,7 +92,9 @@ def load_baseline(path: Path) -> Baseline:
     history = data.get("history") or {}
     if not isinstance(history, dict) or not all(isinstance(h, dict) for h in history.values()):
         raise ValueError(f"{path}: malformed history (expected test -> metric -> list of numbers)")
-    return Baseline(Path(path), {r.test: r for r in records if r.outcome not in ("skipped", "crashed")}, history)
+    versions = (data.get("environment") or {}).get("versions")
+    return Baseline(Path(path), {r.test: r for r in records if r.outcome not in ("skipped", "crashed")}, history,
+                    versions if isinstance(versions, dict) else {})
 
 
 def device_mismatch(base: Record, new: Record, path: Path) -> str | None:
@@ -216,6 +219,35 @@ def _compare_accuracy(task: str, base: Record, new: Record, tolerance: Tolerance
     return Check(f"regression[{name}]", not regressed, after, before - tolerance.value, message, before)
 
 
+# What ran, beside what was measured: the record fields and libraries that decide a case's kernels. A change past
+# tolerance and noise names those that differ from the baseline's run, so a kernel path or a library upgrade reads
+# as the likely cause of a slowdown rather than leaving the commit alone to blame.
+RAN_METRICS = ("kernel", "decode_step", "compile_attention", "compile_fused", "compile_tuning", "compile_fallback",
+               "capture_fallback")
+RAN_MODEL_INFO = ("precision_params", "quantization")
+
+
+def what_ran(record: Record) -> dict[str, str]:
+    """The settings and kernels a record ran with, flattened to names (timings, keys ending in _s, left out)."""
+    ran = {key: str(record.metrics[key]) for key in RAN_METRICS if record.metrics.get(key) not in (None, "")}
+    for section in RAN_MODEL_INFO:
+        for key, value in (record.model_info.get(section) or {}).items():
+            if not key.endswith("_s") and isinstance(value, (str, int, float, bool)):
+                ran[f"{section}.{key}"] = str(value)
+    return ran
+
+
+def ran_differently(base: Record, new: Record, base_versions: dict | None = None,
+                    new_versions: dict | None = None) -> list[str]:
+    """'name: before -> after' for each setting, kernel or library version two runs of one test differ in (the
+    versions of libraries both runs list)."""
+    before, after = what_ran(base), what_ran(new)
+    for name in set(base_versions or {}) & set(new_versions or {}):
+        before[name], after[name] = (str(v or "not installed") for v in (base_versions[name], new_versions[name]))
+    return [f"{key}: {before.get(key, '(none)')} -> {after.get(key, '(none)')}"
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+
+
 def compare(base: Record, new: Record, tolerances: dict[str, Tolerance],
             history: dict[str, list[float]] | None = None) -> list[Check]:
     """One check per metric both records measured; `passed` is False only for a regression beyond tolerance and
@@ -232,16 +264,23 @@ def compare(base: Record, new: Record, tolerances: dict[str, Tolerance],
     return checks
 
 
-def gate(baseline: Baseline, record: Record, tolerances: dict[str, Tolerance], force: bool = False) -> list[Check]:
+def gate(baseline: Baseline, record: Record, tolerances: dict[str, Tolerance], force: bool = False,
+         versions: dict | None = None) -> list[Check]:
     """Checks of `record` against the same test in `baseline` (none when the baseline lacks it); ValueError when
-    the two ran on different devices and `force` is off."""
+    the two ran on different devices and `force` is off. A regression names what ran differently from the baseline
+    (ran_differently; `versions`: this session's library versions)."""
     base = baseline.records.get(record.test)
     if base is None:
         return []
     mismatch = device_mismatch(base, record, baseline.path) or source_mismatch(base, record, baseline.path)
     if mismatch and not force:
         raise ValueError(mismatch)
-    return compare(base, record, tolerances, baseline.history.get(record.test))
+    checks = compare(base, record, tolerances, baseline.history.get(record.test))
+    changed = ran_differently(base, record, baseline.versions, versions)
+    if not changed:
+        return checks
+    note = f"; ran differently from the baseline: {'; '.join(changed)}"
+    return [c if c.passed else replace(c, message=c.message + note) for c in checks]
 
 
 def _gated_metrics(record: Record) -> dict[str, float]:

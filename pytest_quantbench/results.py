@@ -15,7 +15,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "pytest", "pytest-quantbench")
+# Recorded in every report; the regression gate names any that differ from the baseline's run (kernel libraries
+# among them: a new version is a new kernel).
+LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "torchao", "gptqmodel", "hqq", "gemlite",
+             "triton", "pytest", "pytest-quantbench")
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,10 @@ def package_version(package: str) -> str | None:
         return None
 
 
+def library_versions() -> dict[str, str | None]:
+    return {name: package_version(name) for name in LIBRARIES}
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -208,7 +215,7 @@ def environment(device: str, command: str | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: package_version(name) for name in LIBRARIES},
+        "versions": library_versions(),
         "git_commit": _git_commit(),
         "command": command or " ".join(sys.argv),
     }

@@ -51,6 +51,7 @@ class QuantbenchSession:
         self.unavailable: dict[str, str] = {}  # task -> why its data is missing (looked for once per session)
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self._device_name: str | None = None
+        self._versions: dict | None = None  # library versions, for the regression gate
         self._summaries = None  # fidelity.SummaryCache: the baseline's next-token summaries
         self.bounds: dict[tuple, tuple] = {}  # (model, precision, decode step, cache length, ...) -> bound.py's bound
 
@@ -68,7 +69,12 @@ class QuantbenchSession:
 
         if self.settings.baseline is None:
             return []
-        return gate(self.settings.baseline, record, self.settings.fail_on, self.settings.force_baseline)
+        if self._versions is None:
+            from .results import library_versions
+
+            self._versions = library_versions()
+        return gate(self.settings.baseline, record, self.settings.fail_on, self.settings.force_baseline,
+                    self._versions)
 
     @property
     def cache(self) -> ModelCache:

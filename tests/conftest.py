@@ -92,5 +92,7 @@ def check_gate(pytester, monkeypatch, slowable_speed_test):
         slowed = run(*args, *gate)
         slowed.assert_outcomes(failed=1)
         slowed.stdout.fnmatch_lines([f"*ms_per_token * vs baseline * regression (tolerance {tolerance_ms}*"])
+        # the same code, settings and libraries: nothing in the record reads as having run differently
+        assert "ran differently" not in slowed.stdout.str()
 
     return check

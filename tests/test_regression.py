@@ -277,3 +277,47 @@ def test_gate_refuses_records_of_other_weights_under_one_test_id(tmp_path):
     dir_baseline = Baseline(tmp_path / "b.json", {record().test: with_source(moved)}, {})
     assert gate(dir_baseline, with_source(dict(moved, path="/ci/model")), tolerances)  # the path is not identity
     assert gate(Baseline(tmp_path / "b.json", {record().test: record()}, {}), with_source(hub), tolerances)
+
+
+def test_a_regression_names_what_ran_differently_from_the_baseline(tmp_path, capsys):
+    """A slowdown past tolerance and noise says which kernel path, setting or library version differs from the
+    baseline's run (here bitsandbytes' CPU 4-bit kernel and its version), so the cause reads beside the verdict;
+    timings in the record (quantize_s) and a check that passes say nothing of it, and a run that ran the same way adds
+    nothing. `quantbench compare` reads both files' library versions."""
+    from pytest_quantbench.regression import Baseline, gate
+
+    def ran(kernel, cpu_kernel, ms, quantize_s):
+        rec = record(ms=ms, mode="compiled")
+        rec.metrics["kernel"] = kernel
+        rec.model_info = {"quantization": {"cpu_4bit_kernel": cpu_kernel, "quantize_s": quantize_s},
+                          "precision_params": {"compute_dtype": "fp32"}}
+        return rec
+
+    tolerances = parse_tolerances("ms_per_token:5%,tokens_per_s:5%")
+    before = ran("bitsandbytes gemv_4bit ×210", "AVX-512 BF16 (bf16 activations)", 10.0, 1.5)
+    after = ran("bitsandbytes gemm_4bit ×210", "dequantize, then fp32 matmul", 15.0, 1.9)
+    baseline = Baseline(tmp_path / "b.json", {before.test: before}, {}, {"bitsandbytes": "0.49.1", "torch": "2.13.0"})
+    checks = {c.name: c for c in gate(baseline, after, tolerances, versions={"bitsandbytes": "0.50.2",
+                                                                               "torch": "2.13.0"})}
+    slow = checks["regression[ms_per_token]"]
+    assert not slow.passed and slow.message.endswith(
+        "; ran differently from the baseline: bitsandbytes: 0.49.1 -> 0.50.2; kernel: bitsandbytes gemv_4bit ×210 -> "
+        "bitsandbytes gemm_4bit ×210; quantization.cpu_4bit_kernel: AVX-512 BF16 (bf16 activations) -> dequantize, "
+        "then fp32 matmul")
+    assert checks["regression[tokens_per_s]"].passed and "ran differently" not in checks["regression[tokens_per_s]"].message
+    same_way = ran("bitsandbytes gemv_4bit ×210", "AVX-512 BF16 (bf16 activations)", 15.0, 1.2)
+    message = gate(baseline, same_way, tolerances, versions={"bitsandbytes": "0.49.1"})[0].message
+    assert "regression" in message and "ran differently" not in message
+    # a baseline that does not record its versions is held to the record's fields only
+    unversioned = Baseline(tmp_path / "b.json", {before.test: before}, {})
+    message = gate(unversioned, after, tolerances, versions={"bitsandbytes": "0.50.2"})[0].message
+    assert "kernel: bitsandbytes gemv_4bit" in message and "0.50.2" not in message
+
+    base = write_report(tmp_path / "base.json", [before])
+    new = write_report(tmp_path / "new.json", [after])
+    for path, version in ((base, "0.49.1"), (new, "0.50.2")):
+        data = json.loads(path.read_text())
+        data["environment"] = {"versions": {"bitsandbytes": version}}
+        path.write_text(json.dumps(data))
+    assert main(["compare", str(base), str(new)]) == 1
+    assert "bitsandbytes: 0.49.1 -> 0.50.2; kernel: bitsandbytes gemv_4bit" in capsys.readouterr().out

@@ -247,13 +247,14 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     warm = flat[: sum(len(r) for r in ours_requests[: args.warmup])]
     share = {"default": None, "on": True, "off": False}[args.share_prefixes]
     if warm:
-        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=share)
+        scoring.loglikelihood(model, tokenizer, warm, args.max_length, budget, share_prefixes=share,
+                              min_shared=args.min_shared)
     rounds_stats: list[dict] = []  # each round's tokenizing seconds and forward passes
 
     def ours_call():
         rounds_stats.append({})
         return scoring.loglikelihood(model, tokenizer, flat, args.max_length, budget, share_prefixes=share,
-                                     stats=rounds_stats[-1])
+                                     stats=rounds_stats[-1], min_shared=args.min_shared)
 
     ours, ours_seconds, lm_eval_runs = time_rounds(args, ours_call, "loglikelihood", order, len(warm), batch_sizes,
                                                    model, tokenizer)
@@ -261,6 +262,7 @@ def compare_task(task_name: str, limit: int | None, batch_sizes: list[int], args
     result["ours_tokenize_s_rounds"] = [round(stats["tokenize_s"], 3) for stats in rounds_stats]
     result["ours_passes"] = rounds_stats[0]["passes"]
     result["shared_prefixes"] = args.share_prefixes
+    result["min_shared"] = args.min_shared
     result["token_budget"] = dataclasses.asdict(budget)
     result["ours_questions_per_s"] = len(docs) / result["ours_s"]
     ours_result = task.score(docs, ours_requests, ours)
@@ -444,6 +446,8 @@ def environment(device: str) -> dict:
 
 
 def main() -> None:
+    from pytest_quantbench.scoring import MIN_SHARED
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--model", required=True, help="a --qb-model source: alias, hub id, directory, .gguf, synthetic:")
@@ -464,6 +468,9 @@ def main() -> None:
                                                                      "model config's)")
     parser.add_argument("--share-prefixes", choices=["default", "on", "off"], default="default",
                         help="our shared few-shot prefix (default: scoring.loglikelihood's, where it saves more than it costs)")
+    parser.add_argument("--min-shared", type=int, default=MIN_SHARED,
+                        help=f"our shortest run of context tokens worth sharing (default {MIN_SHARED}; MMLU's 0-shot "
+                             "subject header is ~17 tokens)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds, ours then each lm-eval batch size in "
                                                               "turn; each side's fastest counts (default 2)")
     parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")

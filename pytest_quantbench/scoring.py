@@ -430,13 +430,14 @@ def _select_cache(cache, rows):
 
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length: int | None = None,
                   token_budget: int | Budget | None = None, progress=None,
-                  share_prefixes: bool | None = None, stats: dict | None = None) -> list[tuple[float, bool]]:
+                  share_prefixes: bool | None = None, stats: dict | None = None,
+                  min_shared: int = MIN_SHARED) -> list[tuple[float, bool]]:
     """(log p(continuation | context), is_greedy) per request, in request order. `token_budget`: see budget_for.
     `share_prefixes`: long runs of tokens that contexts begin with go through the model once (True), never (False),
     or by default where that saves more tokens than its extra passes cost (`worth_sharing`): on the CPU nearly
     always (3.5-4x faster on 5-shot MMLU, identical answers); on a GPU, whose passes cost more, where many contexts
     share long runs (few-shot prompts). `stats`, a dict, gets where the call's time went: `tokenize_s`, the seconds
-    tokenizing took, and `passes`, the model's forward passes."""
+    tokenizing took, and `passes`, the model's forward passes. `min_shared`: the shortest run worth sharing."""
     import time
 
     import torch
@@ -449,7 +450,7 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], max_length:
         stats.update(tokenize_s=time.perf_counter() - start, passes=0)
     results: dict[int, tuple[float, bool]] = {}
     pad_id = pad_token_id(tokenizer)
-    clusters = [] if share_prefixes is False else shared_prefixes(groups)
+    clusters = [] if share_prefixes is False else shared_prefixes(groups, min_shared)
     if share_prefixes is None and not worth_sharing(clusters, budget):
         clusters = []
     alone = sorted(set(range(len(groups))) - {i for _, members in clusters for i in members})

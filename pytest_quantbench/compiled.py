@@ -23,14 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fusion import compile_fuse, fuse_projections
+from .fusion import ON_OFF, compile_fuse, env_switch, fuse_projections
 
 MODES = ("eager", "compiled")
 # Inductor's coordinate-descent tuning of its Triton kernels (QB_COMPILE_TUNING: auto, 1 or 0; the record says which
 # ran). It pays where Inductor generates a layer's matmul, fusing a weight-only dequantization into it (torchao's
 # int8/fp8 weights). It also rewrites every one-row matmul into a reduction of Inductor's own, which on plain weights
 # is slower than cuBLAS (H200, bf16, batch 1: docs/results/h200/decode-auto-tuning): so "auto" tunes only the former.
-TUNING_SETTINGS = {"auto": None, "1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+TUNING_SETTINGS = {"auto": None, **ON_OFF}
 # The attention of a compiled decode step, when the model uses SDPA (QB_DECODE_ATTENTION; the record's
 # `compile_attention` says which ran): "flex" is torch's flex_attention, whose decoding kernel splits the key length
 # over the GPU (flex_decode_attention); "math" is matmul, masked softmax, matmul, left to Inductor to fuse;
@@ -42,17 +42,10 @@ DECODE_ATTENTIONS = {"flex": "quantbench_flex_decode", "math": "quantbench_math_
 ATTENTION_RECORDED = {"flex": "flex", "math": "math", "grouped": "grouped_sdpa"}
 
 
-# QB_CAPTURE_STEP: whether an uncompiled decode step is captured as a CUDA graph on a GPU (CapturedStep); 0 runs it
-# in Python, to measure what the capture buys side by side or to rule it out.
-CAPTURE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
-
-
 def capture_step() -> bool:
-    """QB_CAPTURE_STEP (default on), checked: ValueError naming the accepted values for any other."""
-    setting = os.environ.get("QB_CAPTURE_STEP", "1").strip().lower() or "1"
-    if setting not in CAPTURE_SETTINGS:
-        raise ValueError(f"QB_CAPTURE_STEP={setting!r} is not a setting: give 1 (or on) or 0 (or off)")
-    return CAPTURE_SETTINGS[setting]
+    """QB_CAPTURE_STEP (default on): whether an uncompiled decode step is captured as a CUDA graph on a GPU
+    (CapturedStep); 0 runs it in Python, to measure what the capture buys side by side or to rule it out."""
+    return env_switch("QB_CAPTURE_STEP")
 
 
 def compile_tuning() -> str:

@@ -23,15 +23,21 @@ import os
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # A cross-attention's key/value projections read the encoder's states, not the query's input: never fused.
 CROSS_ATTENTION = frozenset(("encoder_attn", "EncDecAttention", "crossattention", "cross_attn"))
-FUSE_SETTINGS = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+ON_OFF = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def env_switch(name: str) -> bool:
+    """An on/off environment setting of the compiled mode (default on), checked: ValueError naming the accepted
+    values for any other."""
+    setting = os.environ.get(name, "1").strip().lower() or "1"
+    if setting not in ON_OFF:
+        raise ValueError(f"{name}={setting!r} is not a setting: give 1 (or on) or 0 (or off)")
+    return ON_OFF[setting]
 
 
 def compile_fuse() -> bool:
-    """QB_COMPILE_FUSE (default on), checked: ValueError naming the accepted values for any other."""
-    setting = os.environ.get("QB_COMPILE_FUSE", "1").strip().lower() or "1"
-    if setting not in FUSE_SETTINGS:
-        raise ValueError(f"QB_COMPILE_FUSE={setting!r} is not a setting: give 1 (or on) or 0 (or off)")
-    return FUSE_SETTINGS[setting]
+    """QB_COMPILE_FUSE (default on): sibling projections fused in the compiled step."""
+    return env_switch("QB_COMPILE_FUSE")
 
 
 class FusedLinear:

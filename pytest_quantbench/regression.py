@@ -137,23 +137,6 @@ def _number(value) -> float | None:
         else None
 
 
-# Kernel paths whose speed moves between processes of one commit past their device's default, with the worst
-# slowest/fastest ratio measured over fresh processes, less one. bitsandbytes' CPU 4-bit layers with a compute dtype
-# other than bf16 dequantize every weight at every call (OpenMP-parallel): on a 2-core CPU SmolLM2 nf4 decoded at
-# 57-70 ms/token in most processes and 105-145 in others, steady within each (docs/results/cpu/regression-gate).
-UNSTEADY_PATHS = {("quantization.cpu_4bit_kernel", "dequantize"): 1.55}
-
-
-def unsteady_path(base: Record, new: Record) -> tuple[float, str] | None:
-    """(between-run noise, name) of a kernel path in UNSTEADY_PATHS that both runs took: the noise of a rerun of the
-    same path (where the paths differ, ran_differently names the change instead)."""
-    before, after = what_ran(base), what_ran(new)
-    for (key, prefix), noise in UNSTEADY_PATHS.items():
-        if before.get(key, "").startswith(prefix) and after.get(key, "").startswith(prefix):
-            return noise, f"{key} '{after[key]}', whose speed moves between processes"
-    return None
-
-
 def between_run_noise(history: list[float], device: str, mode: str, kind: str,
                       path: tuple[float, str] | None = None) -> tuple[float, str]:
     """Relative worsening a rerun of the same code may show, and where that figure comes from. `path`: an unsteady
@@ -257,6 +240,23 @@ def what_ran(record: Record) -> dict[str, str]:
             if not key.endswith("_s") and isinstance(value, (str, int, float, bool)):
                 ran[f"{section}.{key}"] = str(value)
     return ran
+
+
+# Kernel paths whose speed moves between processes of one commit past their device's default, with the worst
+# slowest/fastest ratio measured over fresh processes, less one. bitsandbytes' CPU 4-bit layers with a compute dtype
+# other than bf16 dequantize every weight at every call (OpenMP-parallel): on a 2-core CPU SmolLM2 nf4 decoded at
+# 57-70 ms/token in most processes and 105-145 in others, steady within each (docs/results/cpu/regression-gate).
+UNSTEADY_PATHS = {("quantization.cpu_4bit_kernel", "dequantize"): 1.55}
+
+
+def unsteady_path(base: Record, new: Record) -> tuple[float, str] | None:
+    """(between-run noise, name) of a kernel path in UNSTEADY_PATHS that both runs took: the noise of a rerun of the
+    same path (where the paths differ, ran_differently names the change instead)."""
+    before, after = what_ran(base), what_ran(new)
+    for (key, prefix), noise in UNSTEADY_PATHS.items():
+        if before.get(key, "").startswith(prefix) and after.get(key, "").startswith(prefix):
+            return noise, f"{key} '{after[key]}', whose speed moves between processes"
+    return None
 
 
 def ran_differently(base: Record, new: Record, base_versions: dict | None = None,

@@ -51,32 +51,14 @@ def main() -> None:
     for precision in args.precision.split(","):
         runs = []
         for _ in range(args.processes):
-            child = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    "--model",
-                    args.model,
-                    "--precision",
-                    precision,
-                    "--rounds",
-                    str(args.rounds),
-                    "--tokens",
-                    str(args.tokens),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+            child = subprocess.run([sys.executable, __file__, "--one", "--model", args.model, "--precision", precision,
+                                    "--rounds", str(args.rounds), "--tokens", str(args.tokens)],
+                                   capture_output=True, text=True, check=True)
             runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
         report[precision] = runs
         medians = sorted(sorted(run)[len(run) // 2] for run in runs)
-        print(
-            f"{precision}: ms/token per process (median of {args.rounds} rounds) {medians}; "
-            f"max/min {medians[-1] / medians[0]:.2f}",
-            flush=True,
-        )
+        print(f"{precision}: ms/token per process (median of {args.rounds} rounds) {medians}; "
+              f"max/min {medians[-1] / medians[0]:.2f}", flush=True)
     print(json.dumps(report))
 
 

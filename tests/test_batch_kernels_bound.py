@@ -181,8 +181,8 @@ def test_kernels_are_read_from_the_layers(tiny_synthetic):
 
 
 def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(tiny_synthetic, monkeypatch):
-    """A compiled step at batch 2 gives eager's tokens in both rows (fp32); its bound times compiled mode's grouped
-    decode attention over the static cache (one query per row, 256 positions) and is computed once per session."""
+    """A compiled step at batch 2 gives eager's tokens in both rows (fp32); its bound times compiled mode's default
+    decode attention (math) over the static cache (one query per row, 256 positions), once per session."""
     from pytest_quantbench import compiled
     from pytest_quantbench.bound import measured_bound
     from pytest_quantbench.measure import measure_generation
@@ -197,16 +197,16 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
     assert batches and set(batches) == {2}  # eager generate decodes both rows
     monkeypatch.undo()
     metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled", batch_size=2)
-    assert metrics["sequences"] == 2 and metrics["compile_attention"] == "grouped_sdpa"
+    assert metrics["sequences"] == 2 and metrics["compile_attention"] == "math"
     assert handle.compiled.cache_shape == (2, 256)  # the static cache holds both rows
     inputs = handle.encode(["abc"] * 2)
     eager = handle.generate_ids(inputs, greedy, 4, exact_length=True)
     assert compiled.decoder_for(handle).generate(inputs["input_ids"], greedy, 4).tolist() == eager.tolist()
 
     shapes = []
-    grouped = compiled.grouped_decode_attention
-    monkeypatch.setitem(compiled.DECODE_FUNCTIONS, "grouped", lambda module, query, key, *args, **kwargs: (
-        shapes.append((tuple(query.shape), tuple(key.shape))) or grouped(module, query, key, *args, **kwargs)))
+    math = compiled.math_decode_attention
+    monkeypatch.setitem(compiled.DECODE_FUNCTIONS, "math", lambda module, query, key, *args, **kwargs: (
+        shapes.append((tuple(query.shape), tuple(key.shape))) or math(module, query, key, *args, **kwargs)))
     step = decode_step(handle, greedy, metrics["sequences"], "compiled")
     assert step == Step(cuda=False, compiled=True, tuned=handle.compiled.tuned, rows=2,
                         fused=tuple(handle.compiled.fused))
@@ -236,11 +236,11 @@ def _step_matmuls(decoder, ids, greedy) -> int:
     return count(one_step) - count(prefill_only)
 
 
-@pytest.mark.parametrize("attention", ["flex", "math"])
+@pytest.mark.parametrize("attention", ["flex", "math", "grouped"])
 def test_each_decode_attention_decodes_eager_tokens_and_is_what_the_bound_times(tiny_synthetic, monkeypatch,
                                                                                 attention):
-    """QB_DECODE_ATTENTION=flex or math: the compiled step attends with it (recorded), decodes eager's greedy tokens
-    for two rows (one left-padded, so the mask matters), and the bound times that same attention."""
+    """QB_DECODE_ATTENTION=flex, math or grouped: the compiled step attends with it (recorded), decodes eager's
+    greedy tokens for two rows (one left-padded, so the mask matters), and the bound times that same attention."""
     from pytest_quantbench import compiled
     from pytest_quantbench.bound import measured_bound
     from pytest_quantbench.measure import measure_generation
@@ -252,7 +252,7 @@ def test_each_decode_attention_decodes_eager_tokens_and_is_what_the_bound_times(
     eager = handle.generate_ids(inputs, greedy, 6, exact_length=True)
     assert compiled.decoder_for(handle).generate(inputs["input_ids"], greedy, 6).tolist() == eager.tolist()
     metrics = measure_generation(handle, "abc", greedy, 4, warmup=0, repeats=1, mode="compiled", batch_size=2)
-    assert metrics["compile_attention"] == attention
+    assert metrics["compile_attention"] == compiled.ATTENTION_RECORDED[attention]
 
     calls = []
     function = compiled.DECODE_FUNCTIONS[attention]

@@ -171,7 +171,7 @@ def test_compiled_decoder_runs_greedy_and_sampling_with_their_own_steps(tiny_syn
     assert greedy.shape == (1, prompt + 5) and again.tolist() == greedy.tolist()
     assert sampled.shape == (20, prompt + 5)  # 20 responses, each exactly 5 new tokens
     assert set(decoder.steps) == {"greedy", "sample"}
-    assert decoder.attention == "grouped_sdpa" and handle.model.config._attn_implementation == "sdpa"
+    assert decoder.attention == "math" and handle.model.config._attn_implementation == "sdpa"
     decoder.generate(inputs["input_ids"], parse_decoding("greedy"), 5)
     cache = decoder.cache
     longer = handle.encode([handle.format_prompt("hello, a longer prompt than the first one")])["input_ids"]

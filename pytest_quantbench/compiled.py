@@ -332,17 +332,14 @@ def flex_decode_attention(module, query, key, value, attention_mask, scaling=Non
 def math_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention for one query token written out (matmul, masked softmax in float32, matmul), each key/value head's
     query heads as its query rows, for Inductor to fuse; other shapes: grouped_decode_attention."""
-    import torch
-
     groups = getattr(module, "num_key_value_groups", 1)
     if not _one_query(query, kwargs):
         return grouped_decode_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     batch, heads, _, dim = query.shape
     scale = dim ** -0.5 if scaling is None else scaling
     scores = (query.reshape(batch, heads // groups, groups, dim) @ key.transpose(-1, -2)).float() * scale
-    if attention_mask is not None:  # SDPA's boolean mask, or an additive one
-        mask = attention_mask[:, :, :, : key.shape[-2]]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if attention_mask is not None:  # boolean: _register pairs this attention with SDPA's mask function
+        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[-2]], float("-inf"))
     out = scores.softmax(-1).to(value.dtype) @ value
     return out.reshape(batch, 1, heads, dim), None
 

@@ -11,6 +11,8 @@ fails is timed eagerly with events and says so. On the CPU a round is timed with
 Not counted: norms, rotary embeddings, residual adds, the activation function, sampling. `of_bound` above 1 is what
 the step loses to them, to launches and to the host; below 1 the compiled step fused work the sum counts apart
 (e.g. Inductor's int8 dequantization inside its matmul, where the bound times torchao's own dequant then matmul).
+`bound_mbu` is the memory-bandwidth utilization a step at its bound would reach: an MBU goal above it needs faster
+kernels, not a better decode loop.
 """
 
 from __future__ import annotations
@@ -178,4 +180,6 @@ def measured_bound(handle, step: Step, metrics: dict, mode: str, cache: dict) ->
     bound = dict(bound)
     if bound["bound_ms_per_token"] > 0 and metrics.get("ms_per_token"):
         bound["of_bound"] = metrics["ms_per_token"] / bound["bound_ms_per_token"]
+        if metrics.get("mbu"):  # the MBU a step at its bound would reach: the most these kernels permit
+            bound["bound_mbu"] = metrics["mbu"] * bound["of_bound"]
     return bound, layers

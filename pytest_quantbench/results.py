@@ -61,6 +61,7 @@ METRICS: dict[str, Metric] = {
     "decode_tokens_per_s_per_seq": Metric("tokens/s", True, "decode tokens/s/seq",
                                           spread="decode_tokens_per_s_per_seq_iqr", noise="decode"),
     "mbu": Metric("", True, "MBU (%)", percent=True, noise=None),
+    "bound_mbu": Metric("", True, "MBU at bound (%)", percent=True, noise=None),
     "latency_ms": Metric("ms", False, "latency (ms)", spread="latency_iqr_ms"),
     "load_s": Metric("s", False, "load (s)"),
     "kl_mean": Metric("nats", False, threshold="max_kl", noise="exact"),

@@ -215,10 +215,12 @@ def test_compiled_batch_decodes_every_row_and_its_bound_reads_the_static_cache(t
     assert shapes and set(shapes) == {((2, 4, 1, 16), (2, 2, 256, 16))}
     assert bound["bound_kv_length"] == 256 and bound["bound_ms_per_token"] > 0 and len(session_bounds) == 1
     calls = len(shapes)
-    again, _ = measured_bound(handle, step, {**metrics, "ms_per_token": 2 * metrics["ms_per_token"]}, "compiled",
-                              session_bounds)
+    assert bound["bound_mbu"] == pytest.approx(metrics["mbu"] * bound["of_bound"])
+    slower = {**metrics, "ms_per_token": 2 * metrics["ms_per_token"], "mbu": metrics["mbu"] / 2}
+    again, _ = measured_bound(handle, step, slower, "compiled", session_bounds)
     assert len(shapes) == calls and again["bound_ms_per_token"] == bound["bound_ms_per_token"]
     assert again["of_bound"] == pytest.approx(2 * bound["of_bound"])
+    assert again["bound_mbu"] == pytest.approx(bound["bound_mbu"])  # a slower loop: the kernels permit the same
 
 
 def _step_matmuls(decoder, ids, greedy) -> int:

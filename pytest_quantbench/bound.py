@@ -180,6 +180,6 @@ def measured_bound(handle, step: Step, metrics: dict, mode: str, cache: dict) ->
     bound = dict(bound)
     if bound["bound_ms_per_token"] > 0 and metrics.get("ms_per_token"):
         bound["of_bound"] = metrics["ms_per_token"] / bound["bound_ms_per_token"]
-        if metrics.get("mbu"):  # the MBU a step at its bound would reach: the most these kernels permit
+        if metrics.get("mbu"):
             bound["bound_mbu"] = metrics["mbu"] * bound["of_bound"]
     return bound, layers

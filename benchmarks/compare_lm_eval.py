@@ -469,8 +469,8 @@ def main() -> None:
     parser.add_argument("--share-prefixes", choices=["default", "on", "off"], default="default",
                         help="our shared few-shot prefix (default: scoring.loglikelihood's, where it saves more than it costs)")
     parser.add_argument("--min-shared", type=int, default=MIN_SHARED,
-                        help=f"our shortest run of context tokens worth sharing (default {MIN_SHARED}; MMLU's 0-shot "
-                             "subject header is ~17 tokens)")
+                        help=f"our shortest run of context tokens worth sharing (default {MIN_SHARED}, which "
+                             "takes in MMLU's ~17-token 0-shot subject header)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds, ours then each lm-eval batch size in "
                                                               "turn; each side's fastest counts (default 2)")
     parser.add_argument("--warmup", type=int, default=8, help="questions each side scores before it is timed")

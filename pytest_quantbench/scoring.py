@@ -35,7 +35,9 @@ TOKEN_BUDGET = 4096  # padded tokens per forward pass: on a CPU larger batches g
 SCORED_BUDGET = 2048  # positions whose logits one pass keeps (each is a vocabulary-sized row of floats)
 MAX_ROWS = 256  # rows per forward pass
 PASS_TOKENS = 32  # what a CPU forward pass costs beyond its tokens, counted in tokens (see batches)
-MIN_SHARED = 64  # tokens a run of context must hold to be computed once and shared
+# Tokens a run of context must hold to be computed once and shared: MMLU's ~17-token 0-shot subject header counts
+# (6-11% faster 0-shot MMLU on an H100, side by side; no gain or loss on the CPU)
+MIN_SHARED = 16
 SHARED_BUDGET = 16384  # shared-prefix tokens held per pass (the prefix's key/value cache, repeated per row)
 
 

@@ -225,6 +225,10 @@ def test_shared_prefixes_need_two_contexts_and_min_shared_tokens():
     assert scoring.shared_prefixes(groups, min_shared=71) == []
     whole = [scoring.Group(list(range(70))), scoring.Group(list(range(80)))]  # one context is the other's beginning
     assert scoring.shared_prefixes(whole) == [(69, [0, 1])]
+    # a 0-shot MMLU subject header (~17 tokens) is long enough by default; 15 tokens are not
+    header = [scoring.Group(list(range(17)) + [i, i]) for i in (100, 101, 102)]
+    assert scoring.shared_prefixes(header) == [(17, [0, 1, 2])]
+    assert scoring.shared_prefixes([scoring.Group(list(range(15)) + [i]) for i in (100, 101)]) == []
 
 
 def _config(**fields):
